@@ -1,0 +1,3 @@
+"""DICOM gateway: SCP, spool, outbox, forwarder (issue: county gateway)."""
+
+__all__: list[str] = []

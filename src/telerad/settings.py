@@ -1,0 +1,162 @@
+"""Typed settings, one object per process.
+
+Values come from (highest priority first) explicit arguments, ``TELERAD_…`` environment variables
+(``__`` separates nested sections, e.g. ``TELERAD_OBJECTS__BACKEND=s3``), an optional TOML file
+(``TELERAD_CONFIG=/etc/telerad.toml`` or ``--config``), then the embedded defaults: data directory
+``./telerad-data``, SQLite catalog, filesystem object store, DICOM port 11112, HTTP port 8080.
+
+Nothing here runs at import time; the entry point builds :class:`Settings` and passes it down.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class DatabaseSettings(BaseModel):
+    """Catalog, worklist and reports database (SQLAlchemy URL)."""
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/telerad.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db",
+    )
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+
+class ObjectStoreSettings(BaseModel):
+    """Where DICOM objects are kept."""
+
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    path: Path | None = Field(
+        default=None, description="filesystem root; default <data_dir>/objects"
+    )
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_bucket: str = "telerad"
+    s3_secure: bool = True
+    s3_region: str | None = None
+
+
+class HttpSettings(BaseModel):
+    """The central API's listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None, description="base URL clients see, for RetrieveURL"
+    )
+    max_request_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
+
+class DicomSettings(BaseModel):
+    """The DICOM listener of the gateway."""
+
+    ae_title: str = Field(default="TELERAD", min_length=1, max_length=16)
+    port: int = Field(default=11112, ge=1, le=65535)
+
+
+class AuthSettings(BaseModel):
+    """Bearer tokens and passwords."""
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for access tokens; in development generated once into the data dir",
+    )
+    token_minutes: int = Field(default=30, ge=1, le=24 * 60)
+
+
+class Settings(BaseSettings):
+    """Everything one telerad process needs, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TELERAD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./telerad-data")
+    admin_password: SecretStr | None = Field(
+        default=None, description="password of the first admin; generated and shown once if unset"
+    )
+    database: DatabaseSettings = DatabaseSettings()
+    objects: ObjectStoreSettings = ObjectStoreSettings()
+    http: HttpSettings = HttpSettings()
+    dicom: DicomSettings = DicomSettings()
+    auth: AuthSettings = AuthSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("TELERAD_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ValueError(f"TELERAD_CONFIG={config_file} is not a readable file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _production_needs_real_secrets(self) -> Settings:
+        if self.environment == "production":
+            if self.auth.secret_key is None or len(self.auth.secret_key.get_secret_value()) < 32:
+                raise ValueError("production needs TELERAD_AUTH__SECRET_KEY of 32+ characters")
+            if self.database.url is None:
+                raise ValueError("production needs TELERAD_DATABASE__URL (PostgreSQL)")
+        if self.objects.backend == "s3" and not self.objects.s3_access_key.get_secret_value():
+            raise ValueError(
+                "objects.backend=s3 needs TELERAD_OBJECTS__S3_ACCESS_KEY and _SECRET_KEY"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The catalog's SQLAlchemy URL, defaulting to SQLite in the data directory."""
+        return self.database.url or f"sqlite:///{self.data_dir / 'telerad.db'}"
+
+    @property
+    def objects_path(self) -> Path:
+        """Filesystem object store root."""
+        return self.objects.path or self.data_dir / "objects"
+
+    def token_secret(self) -> str:
+        """The token signing key; in development created once in the data directory."""
+        if self.auth.secret_key is not None:
+            return self.auth.secret_key.get_secret_value()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings at an entry point (raises ``ValidationError``)."""
+    return Settings(**overrides)

@@ -1,0 +1,82 @@
+"""Engines, sessions and schema migrations for the catalog (SQLite in WAL mode or PostgreSQL)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL for concurrent readers, FULL sync so a committed row survives power loss.
+
+    The driver's own transaction handling is switched off so that :func:`_sqlite_begin` can
+    start write transactions with ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks).
+    """
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    """Writers take the write lock up front; readers use a deferred (snapshot) transaction."""
+    immediate = connection.get_execution_options().get("sqlite_immediate", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_catalog_engine(url: str, *, pool_size: int = 10, **options: Any) -> Engine:
+    """Create the engine for ``url`` with the settings each dialect needs.
+
+    SQLite files get their parent directory created, WAL mode and a busy timeout; PostgreSQL
+    gets a pre-pinged pool.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **options
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **options
+    )
+
+
+def alembic_config(engine: Engine) -> Config:
+    """An Alembic configuration bound to ``engine`` (no ini file needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (idempotent; safe to run at every start)."""
+    command.upgrade(alembic_config(engine), revision)
+
+
+def session_factory(engine: Engine, *, writer: bool = False) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit (values are handed to adapters).
+
+    ``writer=True`` sessions take SQLite's write lock when they begin (``BEGIN IMMEDIATE``);
+    on PostgreSQL the option has no effect.
+    """
+    bind = engine.execution_options(sqlite_immediate=True) if writer else engine
+    return sessionmaker(bind, expire_on_commit=False)

@@ -1,0 +1,305 @@
+"""Reading what the catalog needs from a Part-10 instance, without decoding pixel data.
+
+The header is parsed once (``stop_before_pixels``); the byte ranges of each frame are located in
+the raw bytes (native: PS3.5 §8.1.1; encapsulated: PS3.5 §A.4, Basic Offset Table and fragment
+items) so that frames can later be served with a byte-range read; the instance's DICOM JSON
+(PS3.18 Annex F) is computed with BulkDataURIs in place of pixel data and other large values.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from telerad.storage.errors import InvalidInstance
+from telerad.storage.keys import is_valid_uid
+
+logger = logging.getLogger(__name__)
+
+#: Marker replaced by the serving adapter with its absolute DICOMweb base URL.
+BASE_URI_MARKER = "@@DICOMWEB@@"
+PIXEL_DATA_TAG = 0x7FE00010
+#: Elements of these VRs longer than this are served as bulk data, not inline.
+BULK_DATA_THRESHOLD = 1024
+#: Longest value we keep per catalog string column, by keyword (characters).
+COLUMN_LIMITS: dict[str, int] = {
+    "PatientName": 320,
+    "PatientID": 64,
+    "IssuerOfPatientID": 64,
+    "AccessionNumber": 64,
+    "StudyID": 16,
+    "ReferringPhysicianName": 320,
+    "StudyDescription": 1024,
+    "SeriesDescription": 1024,
+    "Modality": 16,
+    "BodyPartExamined": 64,
+}
+
+
+@dataclass(slots=True)
+class ParsedInstance:
+    """Everything the catalog stores about one instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    attributes: dict[str, str]
+    series_number: int | None
+    instance_number: int | None
+    rows: int | None
+    columns: int | None
+    bits_allocated: int | None
+    number_of_frames: int | None
+    frame_ranges: list[list[tuple[int, int]]] | None
+    metadata: dict[str, Any] = field(repr=False)
+
+    def metadata_json(self) -> str:
+        """Compact DICOM JSON text of the instance."""
+        return json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_instance(data: bytes) -> ParsedInstance:
+    """Parse a Part-10 instance's header and locate its frames.
+
+    Raises
+    ------
+    InvalidInstance
+        Not a Part-10 file (PS3.10 §7.1), unreadable header, missing or invalid UIDs, or a
+        catalog attribute longer than we store.
+    """
+    stream = io.BytesIO(data)
+    dataset = _read_header(stream)
+    pixel_offset = stream.tell()
+    uids = _required_uids(dataset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attributes = _catalog_attributes(dataset, uids["SOPInstanceUID"])
+        metadata = _dicom_json(dataset, uids, data, pixel_offset)
+    for warning in caught:
+        logger.warning("instance %s: %s", uids["SOPInstanceUID"], warning.message)
+    frames = _int(dataset, "NumberOfFrames")
+    return ParsedInstance(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=uids["TransferSyntaxUID"],
+        attributes=attributes,
+        series_number=_int(dataset, "SeriesNumber"),
+        instance_number=_int(dataset, "InstanceNumber"),
+        rows=_int(dataset, "Rows"),
+        columns=_int(dataset, "Columns"),
+        bits_allocated=_int(dataset, "BitsAllocated"),
+        number_of_frames=frames,
+        frame_ranges=locate_frames(data, pixel_offset, dataset),
+        metadata=metadata,
+    )
+
+
+def _read_header(stream: io.BytesIO) -> Dataset:
+    """Read everything before Pixel Data; refuse data without a File Meta header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise InvalidInstance(f"not a DICOM Part-10 file: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise InvalidInstance(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        raise InvalidInstance("File Meta Information has no Transfer Syntax UID (PS3.10 §7.1)")
+    return dataset
+
+
+def _required_uids(dataset: Dataset) -> dict[str, str]:
+    """The four identifying UIDs plus the transfer syntax, each validated (PS3.5 §9.1)."""
+    uids: dict[str, str] = {}
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(dataset, keyword)
+        if not is_valid_uid(value):
+            raise InvalidInstance(f"{keyword} missing or not a valid UID: {value[:80]!r}")
+        uids[keyword] = value
+    uids["TransferSyntaxUID"] = str(dataset.file_meta.TransferSyntaxUID)
+    if not is_valid_uid(uids["TransferSyntaxUID"]):
+        raise InvalidInstance("Transfer Syntax UID is not a valid UID")
+    media_uid = str(dataset.file_meta.get("MediaStorageSOPInstanceUID", ""))
+    if media_uid and media_uid != uids["SOPInstanceUID"]:
+        logger.warning("instance %s: MediaStorageSOPInstanceUID differs", uids["SOPInstanceUID"])
+    return uids
+
+
+def _catalog_attributes(dataset: Dataset, sop_instance_uid: str) -> dict[str, str]:
+    """String values of the matching keys the catalog keeps, decoded with their charset."""
+    keywords = (
+        "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
+        "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+        "StudyID", "ReferringPhysicianName", "StudyDescription", "TimezoneOffsetFromUTC",
+        "Modality", "SeriesDescription", "BodyPartExamined",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+    )  # fmt: skip
+    attributes: dict[str, str] = {}
+    for keyword in keywords:
+        value = _text(dataset, keyword)
+        limit = COLUMN_LIMITS.get(keyword, 128)
+        if len(value) > limit:
+            raise InvalidInstance(
+                f"{keyword} is {len(value)} characters, more than the {limit} stored",
+                sop_instance_uid=sop_instance_uid,
+            )
+        attributes[keyword] = _clean_person_name(value) if keyword.endswith("Name") else value
+    name = dataset.get("PatientName")
+    groups = (name.alphabetic, name.ideographic, name.phonetic) if name else ("", "", "")
+    attributes["PatientNameAlphabetic"] = _clean_person_name(groups[0])
+    attributes["PatientNameIdeographic"] = _clean_person_name(groups[1])
+    attributes["PatientNamePhonetic"] = _clean_person_name(groups[2])
+    return attributes
+
+
+def _clean_person_name(value: str) -> str:
+    """Drop empty trailing components and groups (``Wang^^^^`` is ``Wang``, PS3.5 §6.2.1)."""
+    groups = [group.rstrip("^ ") for group in value.split("=")]
+    return "=".join(groups).rstrip("=")
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    """A value as text ('' when absent or empty); multiple values joined with a backslash."""
+    try:
+        value = dataset.get(keyword)
+    except Exception as exc:
+        raise InvalidInstance(f"{keyword} cannot be decoded: {exc}") from exc
+    if value is None or value == "":
+        return ""
+    if isinstance(value, list | pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(dataset: Dataset, keyword: str) -> int | None:
+    """An IS/US value as int, or None when absent or malformed (tolerant)."""
+    try:
+        value = dataset.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dicom_json(
+    dataset: Dataset, uids: dict[str, str], data: bytes, pixel_offset: int
+) -> dict[str, Any]:
+    """The instance's DICOM JSON model (PS3.18 Annex F) with BulkDataURIs for large values."""
+    instance_uri = (
+        f"{BASE_URI_MARKER}/studies/{uids['StudyInstanceUID']}/series/{uids['SeriesInstanceUID']}"
+        f"/instances/{uids['SOPInstanceUID']}"
+    )
+
+    def bulk_uri(element: DataElement) -> str:
+        return f"{instance_uri}/bulk/{element.tag:08X}"
+
+    try:
+        result: dict[str, Any] = dataset.to_json_dict(
+            bulk_data_threshold=BULK_DATA_THRESHOLD,
+            bulk_data_element_handler=bulk_uri,
+            suppress_invalid_tags=True,
+        )
+    except Exception as exc:
+        raise InvalidInstance(f"header cannot be represented as DICOM JSON: {exc}") from exc
+    vr = _pixel_data_vr(data, pixel_offset, dataset)
+    if vr is not None:
+        result[f"{PIXEL_DATA_TAG:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/frames/1"}
+    return result
+
+
+def _pixel_data_header(data: bytes, offset: int, dataset: Dataset) -> tuple[str, int, int] | None:
+    """(VR, value offset, value length) of the Pixel Data element at ``offset``, if readable."""
+    ts = dataset.file_meta.TransferSyntaxUID
+    if ts in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or len(data) < offset + 8:
+        return None
+    group, elem = struct.unpack_from("<HH", data, offset)
+    if (group << 16 | elem) != PIXEL_DATA_TAG:
+        return None
+    if ts == ImplicitVRLittleEndian:
+        vr = "OB" if (_int(dataset, "BitsAllocated") or 16) <= 8 else "OW"
+        return vr, offset + 8, struct.unpack_from("<I", data, offset + 4)[0]
+    if len(data) < offset + 12:
+        return None
+    vr = data[offset + 4 : offset + 6].decode("ascii", "replace")
+    return vr, offset + 12, struct.unpack_from("<I", data, offset + 8)[0]
+
+
+def _pixel_data_vr(data: bytes, offset: int, dataset: Dataset) -> str | None:
+    header = _pixel_data_header(data, offset, dataset)
+    if header is not None:
+        return header[0]
+    return "OW" if len(data) > offset else None
+
+
+def locate_frames(data: bytes, offset: int, dataset: Dataset) -> list[list[tuple[int, int]]] | None:
+    """Byte ranges of each frame's pixel data inside ``data``, or None if not locatable.
+
+    Native pixel data: one contiguous range per frame (PS3.5 §8.1.1). Encapsulated: the
+    fragments of each frame (PS3.5 §A.4), grouped by the Basic Offset Table when present, one
+    fragment per frame when the counts agree, or all fragments for a single frame.
+    """
+    header = _pixel_data_header(data, offset, dataset)
+    if header is None:
+        return None
+    _vr, value_offset, length = header
+    frames = _int(dataset, "NumberOfFrames") or 1
+    if length != 0xFFFFFFFF:
+        return _native_frames(dataset, value_offset, length, frames)
+    return _encapsulated_frames(data, value_offset, frames)
+
+
+def _native_frames(
+    dataset: Dataset, value_offset: int, length: int, frames: int
+) -> list[list[tuple[int, int]]] | None:
+    rows, columns = _int(dataset, "Rows") or 0, _int(dataset, "Columns") or 0
+    samples, bits = _int(dataset, "SamplesPerPixel") or 1, _int(dataset, "BitsAllocated") or 0
+    frame_bits = rows * columns * samples * bits
+    if frame_bits == 0 or frame_bits % 8 or frame_bits // 8 * frames > length:
+        return None  # bit-packed or inconsistent: served by decoding instead
+    size = frame_bits // 8
+    return [[(value_offset + i * size, size)] for i in range(frames)]
+
+
+def _encapsulated_frames(
+    data: bytes, value_offset: int, frames: int
+) -> list[list[tuple[int, int]]] | None:
+    buffer = io.BytesIO(data)
+    buffer.seek(value_offset)
+    try:
+        bot = parse_basic_offsets(buffer)
+        first_item = buffer.tell()
+        count, item_offsets = parse_fragments(buffer)
+    except (ValueError, struct.error):
+        return None
+    fragments = []
+    for item in item_offsets:
+        item_length = struct.unpack_from("<I", data, item + 4)[0]
+        fragments.append((item + 8, item_length))
+    if frames == 1:
+        return [fragments]
+    if bot and len(bot) == frames:
+        starts = [first_item + b for b in bot]
+        grouped: list[list[tuple[int, int]]] = [[] for _ in range(frames)]
+        for fragment in fragments:
+            index = max(i for i, s in enumerate(starts) if fragment[0] - 8 >= s)
+            grouped[index].append(fragment)
+        return grouped
+    if count == frames:
+        return [[fragment] for fragment in fragments]
+    return None

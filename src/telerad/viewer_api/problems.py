@@ -1,0 +1,90 @@
+"""HTTP errors and the one table that maps exception classes to HTTP statuses.
+
+Domain code raises its own exceptions; this module registers a handler per class once
+(Starlette walks the MRO), so routes never build error responses by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from telerad.storage import InvalidKey, ObjectNotFound, QueryError, StorageUnavailable
+from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
+from telerad.worklist import AccountError
+
+logger = logging.getLogger(__name__)
+
+
+class HttpProblem(Exception):
+    """An error with its HTTP status, raised by adapters in this package."""
+
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(HttpProblem):
+    """400: the request cannot be understood."""
+
+
+class UnsupportedMediaType(HttpProblem):
+    """415: a body of a media type this route does not take."""
+
+    status = 415
+
+
+class NotFound(HttpProblem):
+    """404: absent, or not visible to the caller (the two look the same)."""
+
+    status = 404
+
+
+#: Exception class → (HTTP status, whether the message may be shown to the client).
+STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
+    QueryError: (400, True),
+    InvalidKey: (400, True),
+    AccountError: (400, True),
+    AuthenticationFailed: (401, False),
+    PermissionDenied: (403, True),
+    ObjectNotFound: (404, False),
+    StorageUnavailable: (503, False),
+}
+
+
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _http_problem(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HttpProblem)
+    return _problem(exc.status, exc.detail)
+
+
+def _handler_for(status: int, show: bool):  # type: ignore[no-untyped-def]
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if status >= 500:
+            logger.error("%s %s: %s", request.method, request.url.path, exc)
+        detail = str(exc) if show else _GENERIC[status]
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _problem(status, detail, headers)
+
+    return handle
+
+
+_GENERIC = {
+    401: "not authenticated",
+    404: "not found",
+    503: "storage temporarily unavailable",
+}
+
+
+def register_problem_handlers(app: FastAPI) -> None:
+    """Install one handler per exception class of :data:`STATUS_FOR`."""
+    app.add_exception_handler(HttpProblem, _http_problem)
+    for exc_class, (status, show) in STATUS_FOR.items():
+        app.add_exception_handler(exc_class, _handler_for(status, show))

@@ -1,0 +1,83 @@
+"""Bearer tokens and who may see what.
+
+Users get short-lived HS256 JWT access tokens from the OAuth2 password flow
+(``POST /api/auth/token``); gateways present their site API token (``trs_…``) as a bearer
+token. Every request re-reads the user, so deactivation takes effect at once.
+
+Visibility (DESIGN.md, security model): an admin sees every study; a radiographer and a
+gateway see their site's; a radiologist the sites he reads for; a referrer, for now, nothing
+(his referrals come with the worklist). A study outside the scope looks exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from telerad.storage import Scope, User
+from telerad.worklist import Principal, Role, authenticate_site_token, principal_for_user
+
+ALGORITHM = "HS256"
+SITE_TOKEN_PREFIX = "trs_"
+
+
+class AuthenticationFailed(Exception):
+    """Missing, malformed, expired or revoked credentials (HTTP 401)."""
+
+
+class PermissionDenied(Exception):
+    """Authenticated, but not allowed to do this (HTTP 403)."""
+
+
+def issue_access_token(principal: Principal, secret: str, minutes: int) -> tuple[str, int]:
+    """A signed access token for ``principal`` and its lifetime in seconds."""
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": principal.name,
+        "role": principal.role,
+        "iat": now,
+        "exp": now + timedelta(minutes=minutes),
+        "typ": "access",
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM), minutes * 60
+
+
+def principal_from_token(session: Session, token: str, secret: str) -> Principal:
+    """Resolve a bearer token (user JWT or site token) to a principal."""
+    if token.startswith(SITE_TOKEN_PREFIX):
+        principal = authenticate_site_token(session, token)
+        if principal is None:
+            raise AuthenticationFailed("unknown or revoked site token")
+        return principal
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
+        )
+    except jwt.PyJWTError as exc:
+        raise AuthenticationFailed(f"invalid token: {exc}") from exc
+    if claims.get("typ") != "access":
+        raise AuthenticationFailed("not an access token")
+    user = session.scalar(select(User).where(User.username == claims["sub"], User.active.is_(True)))
+    if user is None:
+        raise AuthenticationFailed("user unknown or disabled")
+    return principal_for_user(session, user)
+
+
+def scope_for(principal: Principal) -> Scope:
+    """The studies ``principal`` may see."""
+    if principal.role == Role.ADMIN:
+        return Scope(None)
+    if principal.role == Role.RADIOLOGIST:
+        return Scope(principal.reading_site_ids)
+    if principal.role == Role.REFERRER:
+        return Scope(frozenset())
+    return Scope(frozenset({principal.site_id}) if principal.site_id is not None else frozenset())
+
+
+def may_store(principal: Principal) -> bool:
+    """Gateways, radiographers and admins may store instances (STOW-RS)."""
+    return principal.is_site_token or principal.role in (Role.ADMIN, Role.RADIOGRAPHER)

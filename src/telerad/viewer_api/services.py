@@ -1,0 +1,66 @@
+"""The long-lived objects the API uses, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from telerad.settings import Settings
+from telerad.storage import (
+    Archive,
+    ObjectStore,
+    create_catalog_engine,
+    migrate,
+    open_object_store,
+    session_factory,
+)
+
+
+@dataclass
+class Services:
+    """Settings, database engine, object store and the archive built on them."""
+
+    settings: Settings
+    engine: Engine
+    objects: ObjectStore
+    archive: Archive
+    sessions: sessionmaker[Session]
+    token_secret: str
+
+    def close(self) -> None:
+        """Release connections."""
+        self.objects.close()
+        self.engine.dispose()
+
+
+def open_object_store_for(settings: Settings) -> ObjectStore:
+    """The object store named by the settings."""
+    config = settings.objects
+    if config.backend == "s3":
+        return open_object_store(
+            "s3",
+            endpoint=config.s3_endpoint,
+            access_key=config.s3_access_key.get_secret_value(),
+            secret_key=config.s3_secret_key.get_secret_value(),
+            bucket=config.s3_bucket,
+            secure=config.s3_secure,
+            region=config.s3_region,
+        )
+    return open_object_store("filesystem", root=settings.objects_path)
+
+
+def build_services(settings: Settings) -> Services:
+    """Connect to the catalog (migrating it to the current schema) and the object store."""
+    engine = create_catalog_engine(settings.database_url, pool_size=settings.database.pool_size)
+    migrate(engine)
+    objects = open_object_store_for(settings)
+    return Services(
+        settings=settings,
+        engine=engine,
+        objects=objects,
+        archive=Archive(engine, objects),
+        sessions=session_factory(engine),
+        token_secret=settings.token_secret(),
+    )
