@@ -109,14 +109,18 @@ def running(
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
+    """Stop the server and any workers it forked: its process group is its own session."""
+    signal_group(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        signal_group(proc, signal.SIGKILL)
         proc.wait()
+
+
+def signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
 
 
 def wait_until_up(

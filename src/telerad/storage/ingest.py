@@ -35,6 +35,7 @@ from telerad.storage.objectstore import ObjectStore
 from telerad.storage.parsing import ParsedInstance, parse_instance
 
 logger = logging.getLogger(__name__)
+_CATALOG_ATTEMPTS = 4
 
 
 class IngestStatus(enum.Enum):
@@ -108,20 +109,35 @@ class Archive:
         key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha256)
         self.objects.put(key, data, sha256)
         try:
-            self._catalog(parsed, key, sha256, len(data), source)
-        except sa_exc.IntegrityError:
-            raced = self._stored_sha256(parsed.sop_instance_uid)
-            self._discard_unreferenced(key)
-            if raced is None:
-                raise
-            return self._duplicate(data, sha256, raced, parsed, source)
+            raced = self._catalog_with_retry(parsed, key, sha256, len(data), source)
         except BaseException:
             self._discard_unreferenced(key)
             raise
+        if raced is not None:
+            self._discard_unreferenced(key)
+            return self._duplicate(data, sha256, raced, parsed, source)
         logger.info(
             "stored %s from %s (%d bytes)", parsed.sop_instance_uid, source.label, len(data)
         )
         return _result(IngestStatus.STORED, parsed, sha256, len(data), key)
+
+    def _catalog_with_retry(
+        self, parsed: ParsedInstance, key: str, sha256: str, size: int, source: IngestSource
+    ) -> str | None:
+        """Catalog the instance; returns the stored hash if a concurrent ingest of the same
+        SOP Instance won. Another unique-key race (two instances creating one new patient,
+        study or series at once) is retried: the second attempt finds the winner's row."""
+        for attempt in range(_CATALOG_ATTEMPTS):
+            try:
+                self._catalog(parsed, key, sha256, size, source)
+                return None
+            except sa_exc.IntegrityError:
+                raced = self._stored_sha256(parsed.sop_instance_uid)
+                if raced is not None:
+                    return raced
+                if attempt == _CATALOG_ATTEMPTS - 1:
+                    raise
+        return None  # pragma: no cover - the loop returns or raises
 
     def _stored_sha256(self, sop_instance_uid: str) -> str | None:
         with self.sessions() as session:

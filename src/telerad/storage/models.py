@@ -140,7 +140,6 @@ class Study(Base):
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    patient: Mapped[Patient] = relationship(lazy="joined")
 
 
 class Series(Base):

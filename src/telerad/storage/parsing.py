@@ -82,15 +82,16 @@ def parse_instance(data: bytes) -> ParsedInstance:
         catalog attribute longer than we store.
     """
     stream = io.BytesIO(data)
-    dataset = _read_header(stream)
-    pixel_offset = stream.tell()
-    uids = _required_uids(dataset)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        dataset = _read_header(stream)
+        pixel_offset = stream.tell()
+        uids = _required_uids(dataset)
+        _check_complete(data, pixel_offset, dataset)
         attributes = _catalog_attributes(dataset, uids["SOPInstanceUID"])
         metadata = _dicom_json(dataset, uids, data, pixel_offset)
-    for warning in caught:
-        logger.warning("instance %s: %s", uids["SOPInstanceUID"], warning.message)
+    if caught:  # the messages may quote patient data: log only that there were some
+        logger.warning("instance %s: %d header values not valid", uids["SOPInstanceUID"], len(caught))
     frames = _int(dataset, "NumberOfFrames")
     return ParsedInstance(
         sop_class_uid=uids["SOPClassUID"],
@@ -113,9 +114,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
 def _read_header(stream: io.BytesIO) -> Dataset:
     """Read everything before Pixel Data; refuse data without a File Meta header."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+        dataset = pydicom.dcmread(stream, stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise InvalidInstance(f"not a DICOM Part-10 file: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -123,6 +122,48 @@ def _read_header(stream: io.BytesIO) -> Dataset:
     if "TransferSyntaxUID" not in dataset.file_meta:
         raise InvalidInstance("File Meta Information has no Transfer Syntax UID (PS3.10 §7.1)")
     return dataset
+
+
+def _check_complete(data: bytes, offset: int, dataset: Dataset) -> None:
+    """Refuse an instance whose bytes end inside its header or its pixel data.
+
+    The header was read up to Pixel Data (or the end); what follows must be a whole Pixel
+    Data element: a defined length that fits (PS3.5 §7.1), or items closed by a Sequence
+    Delimitation Item (PS3.5 §A.4). A deflated data set is inflated in full to check it.
+    """
+    if dataset.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        try:
+            pydicom.dcmread(io.BytesIO(data)).get("PixelData")
+        except Exception as exc:
+            raise InvalidInstance(f"deflated data set is incomplete: {exc}") from exc
+        return
+    if offset >= len(data):
+        return
+    header = _pixel_data_header(data, offset, dataset)
+    if header is None:
+        if len(data) - offset < 12:
+            raise InvalidInstance("data set ends inside an element header (truncated)")
+        return
+    _vr, value_offset, length = header
+    if length != 0xFFFFFFFF:
+        if value_offset + length > len(data):
+            raise InvalidInstance(
+                f"Pixel Data is truncated: {len(data) - value_offset} of {length} bytes present"
+            )
+        return
+    _check_items(data, value_offset)
+
+
+def _check_items(data: bytes, position: int) -> None:
+    """Walk encapsulated items up to the Sequence Delimitation Item (FFFE,E0DD)."""
+    while position + 8 <= len(data):
+        group, element, length = struct.unpack_from("<HHI", data, position)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return
+        if (group, element) != (0xFFFE, 0xE000) or position + 8 + length > len(data):
+            break
+        position += 8 + length
+    raise InvalidInstance("encapsulated Pixel Data is truncated or malformed (PS3.5 §A.4)")
 
 
 def _required_uids(dataset: Dataset) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -51,8 +52,14 @@ def open_object_store_for(settings: Settings) -> ObjectStore:
     return open_object_store("filesystem", root=settings.objects_path)
 
 
+def quiet_patient_data_loggers() -> None:
+    """pydicom logs invalid values verbatim, which can include patient names and IDs."""
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
 def build_services(settings: Settings) -> Services:
     """Connect to the catalog (migrating it to the current schema) and the object store."""
+    quiet_patient_data_loggers()
     engine = create_catalog_engine(settings.database_url, pool_size=settings.database.pool_size)
     migrate(engine)
     objects = open_object_store_for(settings)

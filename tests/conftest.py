@@ -1,0 +1,113 @@
+"""Shared fixtures: a catalog database (SQLite, and PostgreSQL where
+``TELERAD_TEST_POSTGRES_DSN`` is set), an archive, and the API with real users."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from telerad.settings import Settings
+from telerad.storage import Archive, create_catalog_engine, migrate, open_object_store
+from telerad.viewer_api import Services, create_app
+from telerad.viewer_api.services import build_services
+from telerad.worklist import create_site, create_site_token, create_user
+
+POSTGRES_DSN = os.environ.get("TELERAD_TEST_POSTGRES_DSN")
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+PASSWORD = "correct horse battery"
+
+
+def _postgres_url(schema: str) -> str:
+    url = make_url(POSTGRES_DSN or "").set(drivername="postgresql+psycopg")
+    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty catalog database: a SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    if not POSTGRES_DSN:
+        pytest.skip("TELERAD_TEST_POSTGRES_DSN not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(POSTGRES_DSN).set(drivername="postgresql+psycopg"))
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield _postgres_url(schema)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated catalog engine."""
+    engine = create_catalog_engine(database_url, pool_size=5)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def archive(engine: Engine, tmp_path: Path) -> Archive:
+    """An archive over the catalog and a filesystem object store."""
+    return Archive(engine, open_object_store("filesystem", root=tmp_path / "objects"))
+
+
+@dataclass
+class Api:
+    """A TestClient on ``create_app`` with users of every role and their tokens."""
+
+    client: TestClient
+    services: Services
+    tokens: dict[str, str]
+    site_token: str
+
+    def headers(self, who: str) -> dict[str, str]:
+        """Authorization header for user ``who`` (or ``site`` for the county1 gateway)."""
+        token = self.site_token if who == "site" else self.tokens[who]
+        return {"Authorization": f"Bearer {token}"}
+
+
+USERS = {
+    "admin": ("admin", None, ()),
+    "rg1": ("radiographer", "county1", ()),
+    "rg2": ("radiographer", "county2", ()),
+    "rad1": ("radiologist", None, ("county1",)),
+    "ref1": ("referrer", "county1", ()),
+}
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
+    """The central API on a fresh database, with sites county1 and county2."""
+    settings = Settings(data_dir=tmp_path / "data", database={"url": database_url})
+    services = build_services(settings)
+    with services.sessions.begin() as session:
+        create_site(session, "county1", issuer="COUNTY1", ae_titles=("CT1",))
+        create_site(session, "county2", issuer="COUNTY2", ae_titles=("CT2",))
+        for name, (role, site, reads_for) in USERS.items():
+            create_user(session, name, PASSWORD, role, site=site, reads_for=reads_for)
+        site_token = create_site_token(session, "county1")
+    app = create_app(settings, services)
+    with TestClient(app) as client:
+        tokens = {}
+        for name in USERS:
+            response = client.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+            assert response.status_code == 200, response.text
+            tokens[name] = response.json()["access_token"]
+        yield Api(client, services, tokens, site_token)
+    services.close()

@@ -1,0 +1,72 @@
+"""Builders of test data: DICOM instances, multipart bodies, users and tokens."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import warnings
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from telerad.demo import generate_ct_study
+
+
+def part10(ds: Dataset) -> bytes:
+    """Encode a dataset with its file meta as Part-10 bytes."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def ct_datasets(slices: int = 3, size: int = 32, **kwargs: Any) -> list[Dataset]:
+    """A small synthetic CT series (real CT Image IOD attributes, tiny matrix)."""
+    kwargs.setdefault("seed", uuid.uuid4().int % 10**6)
+    return list(generate_ct_study(slices, rows=size, columns=size, **kwargs))
+
+
+def ct_instances(slices: int = 3, size: int = 32, **kwargs: Any) -> list[bytes]:
+    """Part-10 bytes of :func:`ct_datasets`."""
+    return [part10(ds) for ds in ct_datasets(slices, size, **kwargs)]
+
+
+def one_instance(**attributes: Any) -> bytes:
+    """One small CT instance with ``attributes`` overriding dataset keywords."""
+    ds = ct_datasets(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hostile values are the point of some tests
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        if "SOPInstanceUID" in attributes:
+            ds.file_meta.MediaStorageSOPInstanceUID = attributes["SOPInstanceUID"]
+        return part10(ds)
+
+
+def encoded_name_instance(charset: str, name: str, patient_id: str) -> bytes:
+    """An instance whose Patient Name is encoded in ``charset`` (e.g. GB18030)."""
+    ds = ct_datasets(1, patient_id=patient_id)[0]
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    raw = part10(ds)
+    assert pydicom.dcmread(io.BytesIO(raw)).PatientName == name
+    return raw
+
+
+def multipart_related(parts: list[bytes], content_type: str = "application/dicom") -> tuple[bytes, str]:
+    """A multipart/related body and its Content-Type header."""
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for part in parts:
+        chunks.append(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        chunks.append(part)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    header = f'multipart/related; type="{content_type}"; boundary={boundary}'
+    return b"".join(chunks), header
+
+
+def new_uid() -> str:
+    """A fresh UID."""
+    return str(generate_uid())
