@@ -36,6 +36,7 @@ from telerad.storage.models import (
 from telerad.storage.objectstore import ObjectInfo, ObjectStore, open_object_store
 from telerad.storage.parsing import BASE_URI_MARKER
 from telerad.storage.query import Level, Scope, SearchResult, search
+from telerad.storage.query import element as dicom_json_element
 
 __all__ = [
     "BASE_URI_MARKER",
@@ -72,6 +73,7 @@ __all__ = [
     "StudyMismatch",
     "User",
     "create_catalog_engine",
+    "dicom_json_element",
     "is_valid_uid",
     "migrate",
     "open_object_store",

@@ -81,18 +81,22 @@ def parse_instance(data: bytes) -> ParsedInstance:
         Not a Part-10 file (PS3.10 §7.1), unreadable header, missing or invalid UIDs, or a
         catalog attribute longer than we store.
     """
-    stream = io.BytesIO(data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dataset = _read_header(stream)
-        pixel_offset = stream.tell()
-        uids = _required_uids(dataset)
-        _check_complete(data, pixel_offset, dataset)
-        attributes = _catalog_attributes(dataset, uids["SOPInstanceUID"])
-        metadata = _dicom_json(dataset, uids, data, pixel_offset)
+        parsed = _parse(data)
     if caught:  # the messages may quote patient data: log only that there were some
-        logger.warning("instance %s: %d header values not valid", uids["SOPInstanceUID"], len(caught))
-    frames = _int(dataset, "NumberOfFrames")
+        logger.warning("instance %s: %d header values not valid", parsed.sop_instance_uid, len(caught))
+    return parsed
+
+
+def _parse(data: bytes) -> ParsedInstance:
+    stream = io.BytesIO(data)
+    dataset = _read_header(stream)
+    pixel_offset = stream.tell()
+    uids = _required_uids(dataset)
+    _check_complete(data, pixel_offset, dataset)
+    attributes = _catalog_attributes(dataset, uids["SOPInstanceUID"])
+    metadata = _dicom_json(dataset, uids, data, pixel_offset)
     return ParsedInstance(
         sop_class_uid=uids["SOPClassUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -105,7 +109,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
         rows=_int(dataset, "Rows"),
         columns=_int(dataset, "Columns"),
         bits_allocated=_int(dataset, "BitsAllocated"),
-        number_of_frames=frames,
+        number_of_frames=_int(dataset, "NumberOfFrames"),
         frame_ranges=locate_frames(data, pixel_offset, dataset),
         metadata=metadata,
     )

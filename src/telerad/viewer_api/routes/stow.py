@@ -33,10 +33,11 @@ from telerad.storage import (
     Site,
     StorageUnavailable,
     StudyMismatch,
+    dicom_json_element,
     record_access,
     validate_uid,
 )
-from telerad.storage.query import element
+
 from telerad.viewer_api.deps import AddressDep, BaseUrlDep, ServicesDep, StorerDep
 from telerad.viewer_api.multipart import MultipartError, Part, iter_parts, media_type
 from telerad.viewer_api.problems import BadRequest, UnsupportedMediaType
@@ -170,9 +171,9 @@ class Failure:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "00081150": element("UI", self.sop_class_uid),
-            "00081155": element("UI", self.sop_instance_uid),
-            "00081197": element("US", self.reason),
+            "00081150": dicom_json_element("UI", self.sop_class_uid),
+            "00081155": dicom_json_element("UI", self.sop_instance_uid),
+            "00081197": dicom_json_element("US", self.reason),
         }
 
 
@@ -182,7 +183,7 @@ def _response(
     body: dict[str, Any] = {}
     studies = {r.study_uid for r in stored} or ({study_uid} if study_uid else set())
     if len(studies) == 1:
-        body["00081190"] = element("UR", f"{base}/studies/{next(iter(studies))}")
+        body["00081190"] = dicom_json_element("UR", f"{base}/studies/{next(iter(studies))}")
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": [f.to_json() for f in failed]}
     if stored:
@@ -205,9 +206,9 @@ def _all_failed_status(failed: list[Failure]) -> int:
 def _reference(result: IngestResult, base: str) -> dict[str, Any]:
     url = f"{base}/studies/{result.study_uid}/series/{result.series_uid}/instances/{result.sop_instance_uid}"
     return {
-        "00081150": element("UI", result.sop_class_uid),
-        "00081155": element("UI", result.sop_instance_uid),
-        "00081190": element("UR", url),
+        "00081150": dicom_json_element("UI", result.sop_class_uid),
+        "00081155": dicom_json_element("UI", result.sop_instance_uid),
+        "00081190": dicom_json_element("UR", url),
     }
 
 
