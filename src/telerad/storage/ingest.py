@@ -32,7 +32,7 @@ from telerad.storage.errors import InstanceConflict, StorageUnavailable, StudyMi
 from telerad.storage.keys import instance_key, rejected_key, study_prefix, uid_hash
 from telerad.storage.models import Instance, Patient, RejectedInstance, Series, Study
 from telerad.storage.objectstore import ObjectStore
-from telerad.storage.parsing import ParsedInstance, parse_instance
+from telerad.storage.parsing import ParsedInstance, as_part10, parse_instance
 
 logger = logging.getLogger(__name__)
 _CATALOG_ATTEMPTS = 4
@@ -85,7 +85,8 @@ class Archive:
         Parameters
         ----------
         data
-            The complete Part-10 file (preamble, ``DICM``, File Meta, data set).
+            The complete Part-10 file (preamble, ``DICM``, File Meta, data set); a File Meta
+            group without preamble is accepted and stored with one (:func:`as_part10`).
         source
             The sending site; its issuer is used when the data set has no IssuerOfPatientID.
         study_uid
@@ -95,6 +96,7 @@ class Archive:
         ------
         InvalidInstance, StudyMismatch, InstanceConflict, StorageUnavailable
         """
+        data = as_part10(data)
         sha256 = hashlib.sha256(data).hexdigest()
         parsed = parse_instance(data)
         if study_uid is not None and parsed.study_uid != study_uid:

@@ -72,6 +72,21 @@ class ParsedInstance:
         return json.dumps(self.metadata, separators=(",", ":"), ensure_ascii=False)
 
 
+def as_part10(data: bytes) -> bytes:
+    """Add the 128-byte preamble and ``DICM`` prefix to a File Meta group that lacks them.
+
+    Some writers (pydicom's ``dcmwrite`` without ``enforce_file_format``, used by
+    dicomweb-client) start with the (0002,xxxx) group directly; PS3.10 §7.1 requires the
+    prefix, so we add it rather than refuse a usable instance. Anything else is returned as is.
+    """
+    if data[128:132] == b"DICM" or len(data) < 8:
+        return data
+    group, _element = struct.unpack_from("<HH", data, 0)
+    if group == 0x0002 and data[4:6].isalpha() and data[4:6].isupper():
+        return b"\0" * 128 + b"DICM" + data
+    return data
+
+
 def parse_instance(data: bytes) -> ParsedInstance:
     """Parse a Part-10 instance's header and locate its frames.
 

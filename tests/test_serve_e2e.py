@@ -1,0 +1,114 @@
+"""End to end as a newcomer would do it: ``telerad serve`` with no configuration, accounts
+made with the CLI, a 100-slice CT stored with dicomweb-client (a client we did not write),
+found by QIDO-RS for the right people and invisible to the others."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from telerad.demo import generate_ct_study
+
+ADMIN_PASSWORD = "first admin password"
+USER_PASSWORD = "radiographer password"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _telerad(data_dir: Path, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "telerad.cli", "--data-dir", str(data_dir), *args],
+        input=stdin, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return result.stdout
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+    port = _free_port()
+    env = {**os.environ, "TELERAD_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    env = {k: v for k, v in env.items() if not k.startswith("TELERAD_") or k == "TELERAD_ADMIN_PASSWORD"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "telerad.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--http-port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("telerad serve did not start")
+        yield base, tmp_path / "data", process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _login(base: str, username: str, password: str) -> str:
+    response = requests.post(
+        f"{base}/api/auth/token", data={"username": username, "password": password}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def _client(base: str, token: str) -> DICOMwebClient:
+    return DICOMwebClient(url=f"{base}/dicomweb", headers={"Authorization": f"Bearer {token}"})
+
+
+def test_store_and_find_a_100_slice_ct(server: tuple[str, Path, subprocess.Popen[str]]) -> None:
+    base, data_dir, _process = server
+    _telerad(data_dir, "site", "add", "county1", "--issuer", "COUNTY1", "--ae", "CT1")
+    _telerad(data_dir, "site", "add", "county2")
+    _telerad(data_dir, "user", "add", "rg1", "--role", "radiographer", "--site", "county1",
+             "--password-stdin", stdin=USER_PASSWORD + "\n")  # fmt: skip
+    _telerad(data_dir, "user", "add", "rg2", "--role", "radiographer", "--site", "county2",
+             "--password-stdin", stdin=USER_PASSWORD + "\n")  # fmt: skip
+    site_token = _telerad(data_dir, "site", "token", "county1").strip()
+    assert site_token.startswith("trs_")
+
+    datasets = list(generate_ct_study(100, patient_name="Wang^XiaoDong=王^小东", patient_id="CN-7"))
+    study_uid = str(datasets[0].StudyInstanceUID)
+    gateway = _client(base, site_token)
+    for start in range(0, 100, 25):
+        response = gateway.store_instances(datasets[start : start + 25])
+        assert len(response.ReferencedSOPSequence) == 25
+        assert "FailedSOPSequence" not in response
+
+    for who, password in (("admin", ADMIN_PASSWORD), ("rg1", USER_PASSWORD)):
+        client = _client(base, _login(base, who, password))
+        studies = client.search_for_studies(search_filters={"PatientName": "王*"})
+        assert [s["0020000D"]["Value"][0] for s in studies] == [study_uid]
+        study = studies[0]
+        assert study["00201208"]["Value"] == [100]  # NumberOfStudyRelatedInstances
+        assert study["00201206"]["Value"] == [1]  # NumberOfStudyRelatedSeries
+        assert study["00080061"]["Value"] == ["CT"]
+        assert study["00100010"]["Value"][0]["Ideographic"] == "王^小东"
+        assert study["00100020"]["Value"] == ["CN-7"]
+        series = client.search_for_series(study_instance_uid=study_uid)
+        assert series[0]["00201209"]["Value"] == [100]
+        instances = client.search_for_instances(study_instance_uid=study_uid)
+        assert len(instances) == 100
+        assert {i["00280010"]["Value"][0] for i in instances} == {512}
+
+    other = _client(base, _login(base, "rg2", USER_PASSWORD))
+    assert other.search_for_studies(search_filters={"StudyInstanceUID": study_uid}) == []
+    assert other.search_for_series(study_instance_uid=study_uid) == []
