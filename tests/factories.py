@@ -54,7 +54,9 @@ def encoded_name_instance(charset: str, name: str, patient_id: str) -> bytes:
     return raw
 
 
-def multipart_related(parts: list[bytes], content_type: str = "application/dicom") -> tuple[bytes, str]:
+def multipart_related(
+    parts: list[bytes], content_type: str = "application/dicom"
+) -> tuple[bytes, str]:
     """A multipart/related body and its Content-Type header."""
     boundary = uuid.uuid4().hex
     chunks = []

@@ -40,7 +40,11 @@ def _telerad(data_dir: Path, *args: str, stdin: str | None = None) -> str:
 def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     port = _free_port()
     env = {**os.environ, "TELERAD_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    env = {k: v for k, v in env.items() if not k.startswith("TELERAD_") or k == "TELERAD_ADMIN_PASSWORD"}
+    env = {
+        k: v
+        for k, v in env.items()
+        if not k.startswith("TELERAD_") or k == "TELERAD_ADMIN_PASSWORD"
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "telerad.cli", "serve", "--data-dir", str(tmp_path / "data"),
          "--http-port", str(port)],

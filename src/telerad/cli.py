@@ -73,18 +73,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _announce(settings: Settings, result: Any) -> None:
     url = f"http://{settings.http.host}:{settings.http.port}"
-    print(
-        f"telerad serving {url}  (data in {settings.data_dir}, catalog {settings.database_url.split(':')[0]})"
-    )
+    catalog = settings.database_url.split(":")[0]
+    print(f"telerad serving {url}  (data in {settings.data_dir}, catalog {catalog})")
     if result.created_local_site:
         print(
-            "development mode: site 'local' accepts any calling AE title until an admin lists its modalities"
+            "development mode: site 'local' accepts any calling AE title "
+            "until an admin lists its modalities"
         )
     if result.created_admin and result.admin_password:
         print(f"created user 'admin' with password {result.admin_password} (shown only once)")
-        print(
-            f"log in: curl -d 'username=admin&password={result.admin_password}' {url}/api/auth/token"
-        )
+        login = f"username=admin&password={result.admin_password}"
+        print(f"log in: curl -d '{login}' {url}/api/auth/token")
     elif result.created_admin:
         print("created user 'admin' with the password in TELERAD_ADMIN_PASSWORD")
     sys.stdout.flush()

@@ -101,7 +101,9 @@ def test_catalog_failure_after_object_write_leaves_nothing(
     assert objects(archive) == before_objects  # the object written first was removed
 
 
-def test_object_store_failure_writes_no_row(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_object_store_failure_writes_no_row(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Fault injection: the object store refuses the write (a full or unreachable store
     cannot be produced on demand here)."""
 
@@ -186,7 +188,8 @@ def test_patient_issuer_defaults_to_the_sending_site(archive: Archive) -> None:
     archive.ingest_instance(one_instance(PatientID="P1"), IngestSource(None, "COUNTY-A", "a"))
     archive.ingest_instance(one_instance(PatientID="P1"), IngestSource(None, "COUNTY-B", "b"))
     archive.ingest_instance(
-        one_instance(PatientID="P1", IssuerOfPatientID="NATIONAL"), IngestSource(None, "COUNTY-A", "a")
+        one_instance(PatientID="P1", IssuerOfPatientID="NATIONAL"),
+        IngestSource(None, "COUNTY-A", "a"),
     )
     with archive.sessions() as session:
         keys = sorted(tuple(r) for r in session.execute(select(Patient.issuer, Patient.patient_id)))

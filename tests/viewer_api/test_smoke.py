@@ -3,7 +3,9 @@ from tests.factories import ct_instances, multipart_related
 
 def test_stow_then_qido(api):
     body, ctype = multipart_related(ct_instances(3))
-    r = api.client.post("/dicomweb/studies", content=body, headers={**api.headers("rg1"), "Content-Type": ctype})
+    r = api.client.post(
+        "/dicomweb/studies", content=body, headers={**api.headers("rg1"), "Content-Type": ctype}
+    )
     assert r.status_code == 200, r.text
     r = api.client.get("/dicomweb/studies", headers=api.headers("rg1"))
     assert r.status_code == 200

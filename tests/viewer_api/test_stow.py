@@ -6,6 +6,7 @@ import hashlib
 import io
 import random
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,11 +114,13 @@ def multipart_body(parts: list[tuple[str, bytes]], *, closed: bool = True) -> tu
 
 
 def with_raw_value(keyword: str, value: str) -> bytes:
-    """One CT instance whose ``keyword`` holds ``value`` unvalidated (pydicom would warn)."""
+    """One CT instance whose ``keyword`` holds ``value``, which pydicom would refuse to write."""
     ds = ct_datasets(1)[0]
     tag = tag_for_keyword(keyword)
     ds[tag] = DataElement(tag, dictionary_VR(tag), value, validation_mode=config.IGNORE)
-    return part10(ds)
+    with warnings.catch_warnings():  # dcmwrite copies a hostile SOPInstanceUID into the meta
+        warnings.simplefilter("ignore", UserWarning)
+        return part10(ds)
 
 
 def without_preamble() -> bytes:
@@ -138,7 +141,7 @@ def dataset_only() -> bytes:
 
 def uids_of(raw: bytes) -> tuple[str, str, str]:
     """(study, series, SOP instance) UIDs of Part-10 bytes."""
-    ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+    ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, force=True)
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
@@ -165,6 +168,17 @@ def referenced(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def failure_reasons(body: dict[str, Any]) -> list[int]:
     return [values(item, FAILURE_REASON)[0] for item in values(body, FAILED_SOP_SEQUENCE)]
+
+
+def instances_seen(api: Api, sop_instance_uid: str) -> list[dict[str, Any]]:
+    """QIDO-RS instance search for one SOP Instance UID as admin."""
+    response = api.client.get(
+        "/dicomweb/instances",
+        params={"SOPInstanceUID": sop_instance_uid},
+        headers=api.headers("admin"),
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def studies_seen(api: Api, who: str, study_uid: str) -> list[dict[str, Any]]:
@@ -370,15 +384,25 @@ def test_bad_part_fails_alone_and_leaves_nothing_behind(shared_api, content_type
 
 
 @pytest.mark.parametrize(
-    "study_in_url", ["..%2Fx", "..%2F..%2Fetc", "1.2.abc", "1." * 32 + "1", "1.2.3%00", "%20"]
+    ("study_in_url", "status"),
+    [
+        ("1.2.abc", 400),
+        ("1." * 32 + "1", 400),
+        ("1.2.3%00", 400),
+        ("%20", 400),
+        ("1.2.3..4", 400),
+        # Starlette decodes %2F before routing: the path gains a segment and matches no route.
+        ("..%2Fx", 404),
+        ("..%2F..%2Fetc", 404),
+    ],
 )
-def test_hostile_study_uid_in_the_url_is_a_bad_request(shared_api, study_in_url):
+def test_hostile_study_uid_in_the_url_is_refused(shared_api, study_in_url, status):
     raw = ct_instances(1)[0]
     objects = stored_objects(shared_api)
 
     response = stow_instances(shared_api, [raw], study=study_in_url)
 
-    assert response.status_code == 400, response.text
+    assert response.status_code == status, response.text
     assert stored_objects(shared_api) == objects
     assert studies_seen(shared_api, "admin", uids_of(raw)[0]) == []
 
@@ -435,8 +459,8 @@ def test_complete_part_survives_a_body_cut_before_its_closing_boundary(shared_ap
 
     assert response.status_code == 202, response.text
     assert set(referenced(response.json())) == {uids_of(whole)[2]}
-    assert len(studies_seen(shared_api, "admin", uids_of(whole)[0])) == 1
-    assert studies_seen(shared_api, "admin", uids_of(cut)[0]) == []
+    assert len(instances_seen(shared_api, uids_of(whole)[2])) == 1
+    assert instances_seen(shared_api, uids_of(cut)[2]) == []
 
 
 # --- who may store ---------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def record_access(
             select(Study.study_uid, Study.patient_pk).where(Study.study_uid.in_(uids))
         )
         patients = {uid: pk for uid, pk in rows}
-    for uid in uids or [None]:
+    targets: list[str | None] = list(uids) or [None]
+    for uid in targets:
         session.add(
             AuditEvent(
                 actor=actor,

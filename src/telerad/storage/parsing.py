@@ -100,7 +100,9 @@ def parse_instance(data: bytes) -> ParsedInstance:
         warnings.simplefilter("always")
         parsed = _parse(data)
     if caught:  # the messages may quote patient data: log only that there were some
-        logger.warning("instance %s: %d header values not valid", parsed.sop_instance_uid, len(caught))
+        logger.warning(
+            "instance %s: %d header values not valid", parsed.sop_instance_uid, len(caught)
+        )
     return parsed
 
 

@@ -17,8 +17,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from telerad.storage.matching import Criterion, MatchKind, Query, like_pattern
 from telerad.storage.models import Instance, Patient, Series, Study
@@ -55,7 +54,7 @@ class SearchResult:
     study_uids: list[str] = field(default_factory=list)
 
 
-Column = KeyedColumnElement[Any]
+Column = InstrumentedAttribute[Any]
 
 STUDY_COLUMNS: dict[str, Column] = {
     "StudyInstanceUID": Study.study_uid,
@@ -156,7 +155,7 @@ def search(
     return SearchResult(matches, ignored, [row.Study.study_uid for row in rows])
 
 
-def _base_statement(level: Level) -> Select[Any]:
+def _base_statement(level: Level) -> Any:
     if level is Level.STUDY:
         return select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
     if level is Level.SERIES:
@@ -185,7 +184,7 @@ def _scoped(
     return statement
 
 
-def _order(level: Level) -> list[ColumnElement[Any]]:
+def _order(level: Level) -> list[Any]:
     if level is Level.STUDY:
         return [Study.study_date.desc(), Study.study_time.desc(), Study.id]
     if level is Level.SERIES:
@@ -227,8 +226,9 @@ def _value_match(column: Column, item: Criterion) -> ColumnElement[bool]:
 def _text_match(
     column: Column, kind: MatchKind, value: str, fuzzy: bool, *, case_insensitive: bool
 ) -> ColumnElement[bool]:
-    target: ColumnElement[Any] = func.lower(column) if case_insensitive else column
+    target: Any = func.lower(column) if case_insensitive else column
     value = value.lower() if case_insensitive else value
+    condition: ColumnElement[bool]
     if kind is MatchKind.WILDCARD:
         condition = target.like(like_pattern(value), escape="\\")
     else:
@@ -292,7 +292,7 @@ def _to_json(
     result: dict[str, Any] = {}
     for keyword in keywords:
         result[_tag_hex(keyword)] = element(
-            dictionary_VR(tag_for_keyword(keyword)), _value(row, keyword)
+            dictionary_VR(_tag_hex(keyword)), _value(row, keyword)
         )
     result[_tag_hex("SpecificCharacterSet")] = element("CS", "ISO_IR 192")
     result[_tag_hex("InstanceAvailability")] = element("CS", "ONLINE")
@@ -306,7 +306,7 @@ def _to_json(
 
 def _value(row: Any, keyword: str) -> Any:
     column = _LEVEL_COLUMNS[Level.INSTANCE][keyword]
-    owner = column.class_.__name__  # type: ignore[attr-defined]
+    owner = column.class_.__name__
     return getattr(getattr(row, owner), column.key)
 
 

@@ -22,7 +22,7 @@ from telerad.storage import Scope, User
 from telerad.worklist import Principal, Role, authenticate_site_token, principal_for_user
 
 ALGORITHM = "HS256"
-SITE_TOKEN_PREFIX = "trs_"
+SITE_TOKEN_PREFIX = "trs_"  # noqa: S105 - a prefix, not a secret
 
 
 class AuthenticationFailed(Exception):

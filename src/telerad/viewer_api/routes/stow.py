@@ -37,7 +37,6 @@ from telerad.storage import (
     record_access,
     validate_uid,
 )
-
 from telerad.viewer_api.deps import AddressDep, BaseUrlDep, ServicesDep, StorerDep
 from telerad.viewer_api.multipart import MultipartError, Part, iter_parts, media_type
 from telerad.viewer_api.problems import BadRequest, UnsupportedMediaType
@@ -204,7 +203,8 @@ def _all_failed_status(failed: list[Failure]) -> int:
 
 
 def _reference(result: IngestResult, base: str) -> dict[str, Any]:
-    url = f"{base}/studies/{result.study_uid}/series/{result.series_uid}/instances/{result.sop_instance_uid}"
+    series = f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
+    url = f"{series}/instances/{result.sop_instance_uid}"
     return {
         "00081150": dicom_json_element("UI", result.sop_class_uid),
         "00081155": dicom_json_element("UI", result.sop_instance_uid),
