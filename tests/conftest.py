@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,11 @@ def _postgres_url(schema: str) -> str:
     )
 
 
-@pytest.fixture(params=DATABASES)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def catalog_url(kind: str, directory: Path) -> Iterator[str]:
     """A fresh, empty catalog database: a SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'catalog.db'}"
         return
     if not POSTGRES_DSN:
         pytest.skip("TELERAD_TEST_POSTGRES_DSN not set")
@@ -50,6 +51,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh catalog database for one test, on each database kind."""
+    with catalog_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -91,10 +99,10 @@ USERS = {
 }
 
 
-@pytest.fixture
-def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
-    """The central API on a fresh database, with sites county1 and county2."""
-    settings = Settings(data_dir=tmp_path / "data", database={"url": database_url})
+@contextmanager
+def running_api(database_url: str, directory: Path) -> Iterator[Api]:
+    """The central API on ``database_url``, with sites county1 and county2 and USERS."""
+    settings = Settings(data_dir=directory / "data", database={"url": database_url})
     services = build_services(settings)
     with services.sessions.begin() as session:
         create_site(session, "county1", issuer="COUNTY1", ae_titles=("CT1",))
@@ -102,12 +110,32 @@ def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
         for name, (role, site, reads_for) in USERS.items():
             create_user(session, name, PASSWORD, role, site=site, reads_for=reads_for)
         site_token = create_site_token(session, "county1")
-    app = create_app(settings, services)
-    with TestClient(app) as client:
-        tokens = {}
-        for name in USERS:
-            response = client.post("/api/auth/token", data={"username": name, "password": PASSWORD})
-            assert response.status_code == 200, response.text
-            tokens[name] = response.json()["access_token"]
-        yield Api(client, services, tokens, site_token)
-    services.close()
+    try:
+        with TestClient(create_app(settings, services)) as client:
+            tokens = {}
+            for name in USERS:
+                form = {"username": name, "password": PASSWORD}
+                response = client.post("/api/auth/token", data=form)
+                assert response.status_code == 200, response.text
+                tokens[name] = response.json()["access_token"]
+            yield Api(client, services, tokens, site_token)
+    finally:
+        services.close()
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
+    """A fresh API for one test."""
+    with running_api(database_url, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def shared_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """One API per test module and database (Argon2 logins make a fresh one per test slow);
+    tests that share it use fresh UIDs and compare before/after."""
+    directory = tmp_path_factory.mktemp("api")
+    with catalog_url(request.param, directory) as url, running_api(url, directory) as running:
+        yield running

@@ -43,7 +43,7 @@ def test_every_bundled_file_parses_or_is_refused_precisely(name: str) -> None:
     """Every file of pydicom's test data: refused with InvalidInstance, or parsed with frame
     ranges that give back exactly pydicom's frames."""
     path = _bundled(name)
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     try:
         parsed = parse_instance(raw)
     except InvalidInstance:
@@ -60,13 +60,13 @@ def test_every_bundled_file_parses_or_is_refused_precisely(name: str) -> None:
     "name", ["CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm"]
 )
 def test_frames_are_located_for_common_syntaxes(name: str) -> None:
-    parsed = parse_instance(open(_bundled(name), "rb").read())
+    parsed = parse_instance(Path(_bundled(name)).read_bytes())
     assert parsed.frame_ranges is not None
     assert len(parsed.frame_ranges) == (parsed.number_of_frames or 1)
 
 
 def test_metadata_is_dicom_json_with_bulk_data_uris() -> None:
-    parsed = parse_instance(open(_bundled("CT_small.dcm"), "rb").read())
+    parsed = parse_instance(Path(_bundled("CT_small.dcm")).read_bytes())
     metadata = json.loads(parsed.metadata_json())
     assert metadata["0020000D"]["Value"] == [parsed.study_uid]
     pixel = metadata["7FE00010"]

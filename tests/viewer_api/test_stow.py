@@ -7,27 +7,18 @@ import io
 import random
 import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from fastapi.testclient import TestClient
 from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
-from sqlalchemy import create_engine, func, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, text
 
-from telerad.settings import Settings
 from telerad.storage import AuditEvent, Instance, RejectedInstance
-from telerad.viewer_api import create_app
-from telerad.viewer_api.services import build_services
-from telerad.worklist import create_site, create_site_token, create_user
-from tests.conftest import DATABASES, PASSWORD, POSTGRES_DSN, USERS, Api
+from tests.conftest import Api
 from tests.factories import ct_datasets, ct_instances, multipart_related, new_uid, part10
 
 DICOM_JSON = "application/dicom+json"
@@ -44,59 +35,6 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 CANNOT_UNDERSTAND = 0xA900
 DUPLICATE_DIFFERENT_CONTENT = 0x0111
 NOT_DICOM = 0xC000
-
-
-# --- one API per module and database ---------------------------------------------------------
-# The conftest ``api`` fixture costs about 2 s per test (ten Argon2 hashes for its users), too
-# much for the tables below run twice. This builds the same API once per module and database;
-# every test stores instances with fresh UIDs and compares before/after, so tests stay
-# independent. (Candidate for a shared tests/viewer_api/conftest.py.)
-
-
-@contextmanager
-def _catalog_url(database: str, directory: Path) -> Iterator[str]:
-    if database == "sqlite":
-        yield f"sqlite:///{directory / 'catalog.db'}"
-        return
-    if not POSTGRES_DSN:
-        pytest.skip("TELERAD_TEST_POSTGRES_DSN not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    server = create_engine(make_url(POSTGRES_DSN).set(drivername="postgresql+psycopg"))
-    with server.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    url = make_url(POSTGRES_DSN).set(drivername="postgresql+psycopg")
-    try:
-        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-    finally:
-        with server.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        server.dispose()
-
-
-@pytest.fixture(scope="module", params=DATABASES)
-def shared_api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The conftest ``Api`` (same sites, users and site token), built once for this module."""
-    directory = tmp_path_factory.mktemp("api")
-    with _catalog_url(request.param, directory) as url:
-        settings = Settings(data_dir=directory / "data", database={"url": url})
-        services = build_services(settings)
-        with services.sessions.begin() as session:
-            create_site(session, "county1", issuer="COUNTY1", ae_titles=("CT1",))
-            create_site(session, "county2", issuer="COUNTY2", ae_titles=("CT2",))
-            for name, (role, site, reads_for) in USERS.items():
-                create_user(session, name, PASSWORD, role, site=site, reads_for=reads_for)
-            site_token = create_site_token(session, "county1")
-        with TestClient(create_app(settings, services)) as client:
-            tokens = {}
-            for name in USERS:
-                form = {"username": name, "password": PASSWORD}
-                response = client.post("/api/auth/token", data=form)
-                assert response.status_code == 200, response.text
-                tokens[name] = response.json()["access_token"]
-            yield Api(client, services, tokens, site_token)
-        services.close()
 
 
 # --- builders and helpers --------------------------------------------------------------------
@@ -523,9 +461,11 @@ def test_audit_log_cannot_be_rewritten(shared_api, statement):
     assert stow_instances(shared_api, ct_instances(1)).status_code == 200
     count = row_count(shared_api, AuditEvent)
 
-    with pytest.raises(sa_exc.DBAPIError, match="append-only"):
-        with shared_api.services.engine.begin() as connection:
-            connection.execute(text(statement))
+    with (
+        pytest.raises(sa_exc.DBAPIError, match="append-only"),
+        shared_api.services.engine.begin() as connection,
+    ):
+        connection.execute(text(statement))
 
     assert row_count(shared_api, AuditEvent) == count
     with shared_api.services.sessions() as session:

@@ -29,6 +29,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # PS3.4 §C.2.2.2: wildcard matching is case-sensitive (PostgreSQL's LIKE already is);
+    # person names are matched case-insensitively by lower-casing both sides.
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 

@@ -217,7 +217,7 @@ def _value_match(column: Column, item: Criterion) -> ColumnElement[bool]:
         return and_(column != "", *parts)
     if item.vr in ("IS", "US", "UL", "SL", "SS"):
         try:
-            return bool(column == int(item.values[0]))  # type: ignore[return-value]
+            return column == int(item.values[0])
         except ValueError:
             return column.is_(None)
     return _text_match(column, item.kind, item.values[0], fuzzy=False, case_insensitive=False)
