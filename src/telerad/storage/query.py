@@ -291,9 +291,7 @@ def _to_json(
     keywords += [k for k in query.include_fields if k in _LEVEL_COLUMNS[level]]
     result: dict[str, Any] = {}
     for keyword in keywords:
-        result[_tag_hex(keyword)] = element(
-            dictionary_VR(_tag_hex(keyword)), _value(row, keyword)
-        )
+        result[_tag_hex(keyword)] = element(dictionary_VR(_tag_hex(keyword)), _value(row, keyword))
     result[_tag_hex("SpecificCharacterSet")] = element("CS", "ISO_IR 192")
     result[_tag_hex("InstanceAvailability")] = element("CS", "ONLINE")
     result[_tag_hex("RetrieveURL")] = element("UR", _retrieve_url(level, row))
