@@ -125,13 +125,12 @@ async def _store_part(
         result = await run_in_threadpool(
             services.archive.ingest_instance, bytes(part.data), source, study_uid=study_uid
         )
-    except IngestError as exc:
+    except (IngestError, StorageUnavailable) as exc:
         code = FAILURE_REASONS.get(type(exc), PROCESSING_FAILURE)
-        failed.append(Failure(exc.sop_class_uid, exc.sop_instance_uid, code, str(exc)))
-        logger.info("STOW failure %s for %s: %s", hex(code), exc.sop_instance_uid or "-", exc)
-    except StorageUnavailable as exc:
-        failed.append(Failure("", "", 0xA700, str(exc)))
-        logger.error("STOW storage unavailable: %s", exc)
+        sop_class = getattr(exc, "sop_class_uid", "")
+        sop_instance = getattr(exc, "sop_instance_uid", "")
+        failed.append(Failure(sop_class, sop_instance, code, str(exc)))
+        logger.info("STOW failure %s for %s: %s", hex(code), sop_instance or "-", exc)
     else:
         stored.append(result)
 
