@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 import warnings
@@ -72,3 +73,16 @@ def multipart_related(
 def new_uid() -> str:
     """A fresh UID."""
     return str(generate_uid())
+
+
+def manifest_of(instances: list[bytes]) -> tuple[str, dict[str, str]]:
+    """(Study Instance UID, SOP Instance UID → SHA-256) of Part-10 ``instances`` of one study,
+    as a gateway's study manifest lists them."""
+    entries: dict[str, str] = {}
+    studies = set()
+    for raw in instances:
+        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+        studies.add(ds.StudyInstanceUID)
+        entries[ds.SOPInstanceUID] = hashlib.sha256(raw).hexdigest()
+    [study_uid] = studies
+    return study_uid, entries

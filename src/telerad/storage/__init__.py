@@ -4,6 +4,12 @@ Public API (other packages import only these names).
 """
 
 from telerad.storage.audit import record_access
+from telerad.storage.completeness import (
+    MAX_MANIFEST_ENTRIES,
+    StudyCompleteness,
+    study_completeness,
+    submit_manifest,
+)
 from telerad.storage.database import create_catalog_engine, migrate, session_factory
 from telerad.storage.errors import (
     IngestError,
@@ -11,10 +17,12 @@ from telerad.storage.errors import (
     IntegrityError,
     InvalidInstance,
     InvalidKey,
+    InvalidManifest,
     ObjectNotFound,
     StorageError,
     StorageUnavailable,
     StudyMismatch,
+    StudyNotFound,
 )
 from telerad.storage.ingest import Archive, IngestResult, IngestSource, IngestStatus
 from telerad.storage.keys import is_valid_uid, validate_uid
@@ -23,6 +31,7 @@ from telerad.storage.models import (
     AuditEvent,
     Base,
     Instance,
+    ManifestEntry,
     Modality,
     Patient,
     ReaderSite,
@@ -31,6 +40,7 @@ from telerad.storage.models import (
     Site,
     SiteToken,
     Study,
+    StudyManifest,
     User,
 )
 from telerad.storage.objectstore import ObjectInfo, ObjectStore, open_object_store
@@ -40,6 +50,7 @@ from telerad.storage.query import element as dicom_json_element
 
 __all__ = [
     "BASE_URI_MARKER",
+    "MAX_MANIFEST_ENTRIES",
     "Archive",
     "AuditEvent",
     "Base",
@@ -52,7 +63,9 @@ __all__ = [
     "IntegrityError",
     "InvalidInstance",
     "InvalidKey",
+    "InvalidManifest",
     "Level",
+    "ManifestEntry",
     "Modality",
     "ObjectInfo",
     "ObjectNotFound",
@@ -70,7 +83,10 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "Study",
+    "StudyCompleteness",
+    "StudyManifest",
     "StudyMismatch",
+    "StudyNotFound",
     "User",
     "create_catalog_engine",
     "dicom_json_element",
@@ -81,5 +97,7 @@ __all__ = [
     "record_access",
     "search",
     "session_factory",
+    "study_completeness",
+    "submit_manifest",
     "validate_uid",
 ]

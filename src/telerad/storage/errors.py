@@ -7,6 +7,8 @@ The tree::
     ├── StorageUnavailable      the back end cannot be reached or refused the request
     ├── IntegrityError          stored bytes do not match their SHA-256
     ├── InvalidKey              a key or UID failed validation (never reaches a back end)
+    ├── InvalidManifest         a study manifest is malformed (UID, hash, size)
+    ├── StudyNotFound           no such study, or it belongs to another site (same to callers)
     └── IngestError             an instance cannot be stored
         ├── InvalidInstance     not parseable Part-10, missing/invalid required attributes
         ├── InstanceConflict    same SOP Instance UID, different content (kept as rejected copy)
@@ -37,6 +39,14 @@ class IntegrityError(StorageError):
 
 class InvalidKey(StorageError):
     """An object key or a UID used to derive one is not valid."""
+
+
+class InvalidManifest(StorageError):
+    """A study manifest lists a bad UID or hash, no instance at all, or too many."""
+
+
+class StudyNotFound(StorageError):
+    """The study is unknown, or belongs to a site other than the caller's."""
 
 
 class IngestError(StorageError):

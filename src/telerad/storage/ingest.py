@@ -6,7 +6,9 @@ Used by STOW-RS and the all-in-one mode alike. Order of work, and why it leaves 
 2. an instance already catalogued with the same SHA-256 is a no-op; with other content it is a
    conflict: the first copy stays, the new bytes are kept under ``rejected/`` for review;
 3. write the object under a key that contains its hash (two contents can never collide);
-4. write patient, study, series and instance rows in one transaction;
+4. write patient, study, series and instance rows in one transaction, which also re-evaluates
+   the study's manifest (:mod:`telerad.storage.completeness`): a new instance it does not list
+   with that hash re-opens the study, the last one it was waiting for completes it;
 5. if step 4 fails, delete the object written in step 3 unless a committed row refers to it
    (an identical concurrent ingest may have won the race with the same key).
 
@@ -27,6 +29,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from telerad.storage.completeness import note_stored_instance
 from telerad.storage.database import session_factory
 from telerad.storage.errors import InstanceConflict, StorageUnavailable, StudyMismatch
 from telerad.storage.keys import instance_key, rejected_key, study_prefix, uid_hash
@@ -66,6 +69,8 @@ class IngestResult:
     sha256: str
     size: int
     object_key: str
+    #: This ingest completed the study's manifest (the worklist intake hook).
+    completed_study: bool = False
 
 
 class Archive:
@@ -111,7 +116,7 @@ class Archive:
         key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid, sha256)
         self.objects.put(key, data, sha256)
         try:
-            raced = self._catalog_with_retry(parsed, key, sha256, len(data), source)
+            raced, completed = self._catalog_with_retry(parsed, key, sha256, len(data), source)
         except BaseException:
             self._discard_unreferenced(key)
             raise
@@ -121,25 +126,25 @@ class Archive:
         logger.info(
             "stored %s from %s (%d bytes)", parsed.sop_instance_uid, source.label, len(data)
         )
-        return _result(IngestStatus.STORED, parsed, sha256, len(data), key)
+        return _result(IngestStatus.STORED, parsed, sha256, len(data), key, completed)
 
     def _catalog_with_retry(
         self, parsed: ParsedInstance, key: str, sha256: str, size: int, source: IngestSource
-    ) -> str | None:
+    ) -> tuple[str | None, bool]:
         """Catalog the instance; returns the stored hash if a concurrent ingest of the same
-        SOP Instance won. Another unique-key race (two instances creating one new patient,
-        study or series at once) is retried: the second attempt finds the winner's row."""
+        SOP Instance won, and whether this instance completed its study. Another unique-key
+        race (two instances creating one new patient, study or series at once) is retried:
+        the second attempt finds the winner's row."""
         for attempt in range(_CATALOG_ATTEMPTS):
             try:
-                self._catalog(parsed, key, sha256, size, source)
-                return None
+                return None, self._catalog(parsed, key, sha256, size, source)
             except sa_exc.IntegrityError:
                 raced = self._stored_sha256(parsed.sop_instance_uid)
                 if raced is not None:
-                    return raced
+                    return raced, False
                 if attempt == _CATALOG_ATTEMPTS - 1:
                     raise
-        return None  # pragma: no cover - the loop returns or raises
+        return None, False  # pragma: no cover - the loop returns or raises
 
     def _stored_sha256(self, sop_instance_uid: str) -> str | None:
         with self.sessions() as session:
@@ -184,7 +189,8 @@ class Archive:
 
     def _catalog(
         self, parsed: ParsedInstance, key: str, sha256: str, size: int, source: IngestSource
-    ) -> None:
+    ) -> bool:
+        """Write the rows of one new instance; True if it completed its study's manifest."""
         try:
             with self._writer.begin() as session:
                 study = _upsert_study(session, parsed, source)
@@ -199,6 +205,9 @@ class Archive:
                     update(Study)
                     .where(Study.id == study.id)
                     .values(num_instances=Study.num_instances + 1, updated_at=datetime.now(UTC))
+                )
+                return note_stored_instance(
+                    session, parsed.study_uid, parsed.sop_instance_uid, sha256
                 )
         except sa_exc.OperationalError as exc:
             raise StorageUnavailable(f"catalog unavailable: {exc.orig}") from exc
@@ -237,7 +246,12 @@ class Archive:
 
 
 def _result(
-    status: IngestStatus, parsed: ParsedInstance, sha256: str, size: int, key: str
+    status: IngestStatus,
+    parsed: ParsedInstance,
+    sha256: str,
+    size: int,
+    key: str,
+    completed_study: bool = False,
 ) -> IngestResult:
     return IngestResult(
         status=status,
@@ -248,6 +262,7 @@ def _result(
         sha256=sha256,
         size=size,
         object_key=key,
+        completed_study=completed_study,
     )
 
 

@@ -2,9 +2,10 @@
 
 One schema and one Alembic history serve the whole central database: the DICOM catalog
 (patients, studies, series, instances, conflicts), the accounts the catalog's access rules need
-(sites, users, tokens) and the append-only audit log. ``storage`` owns the schema because every
-other package depends on it; the domain rules for accounts live in :mod:`telerad.worklist` and
-the authorization rules in :mod:`telerad.viewer_api`.
+(sites, users, tokens), the latest study manifests (completeness) and the append-only audit
+log. ``storage`` owns the schema because every other package depends on it; the domain rules
+for accounts live in :mod:`telerad.worklist` and the authorization rules in
+:mod:`telerad.viewer_api`.
 
 Attributes kept as columns are the QIDO-RS / C-FIND matching and return keys of PS3.18
 §10.6.1.2 (Tables 10.6.1-5 and 10.6.3-3/4/5) and PS3.4 C.6.1.1; every other attribute is served
@@ -215,3 +216,33 @@ class AuditEvent(Base):
     source_address: Mapped[str] = mapped_column(String(64), default="")
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class StudyManifest(Base):
+    """The latest manifest a gateway posted for a study, and whether it is fulfilled.
+
+    Keyed by Study Instance UID rather than by the study row, so that a manifest can arrive
+    before any instance of its study. ``site_id`` is the site the study belongs to (or, before
+    the study exists, the site that posted the manifest).
+    """
+
+    __tablename__ = "study_manifests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), index=True)
+    expected_instances: Mapped[int] = mapped_column(Integer)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    manifest_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: When the study last became complete; ``None`` while it is not complete.
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ManifestEntry(Base):
+    """One instance a manifest lists: its SOP Instance UID and the SHA-256 of its Part-10 file."""
+
+    __tablename__ = "study_manifest_entries"
+    manifest_pk: Mapped[int] = mapped_column(
+        ForeignKey("study_manifests.id", ondelete="CASCADE"), primary_key=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))

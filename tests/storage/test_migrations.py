@@ -1,0 +1,29 @@
+"""The Alembic history builds exactly the schema the models declare, and 0002 reverts cleanly."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from telerad.storage import Base, migrate
+from telerad.storage.database import alembic_config
+
+MANIFEST_TABLES = {"study_manifests", "study_manifest_entries"}
+
+
+def test_migrations_build_the_schema_of_the_models(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_manifest_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
+    command.downgrade(alembic_config(engine), "0001")
+    without = set(inspect(engine).get_table_names())
+
+    migrate(engine)
+
+    assert not without & MANIFEST_TABLES
+    assert MANIFEST_TABLES <= set(inspect(engine).get_table_names())
