@@ -1,8 +1,10 @@
 """The ``telerad`` command: start processes and administer an installation.
 
-``telerad serve`` runs the central service with embedded defaults (SQLite and filesystem
-objects under ``./telerad-data``); ``telerad site …`` and ``telerad user …`` administer
-accounts; ``telerad demo`` writes a synthetic CT study.
+``telerad serve`` runs the central service and a gateway for site ``local`` with embedded
+defaults (SQLite and filesystem objects under ``./telerad-data``, DICOM on 11112, forwarding over
+loopback); ``telerad gateway`` runs a county gateway alone; ``telerad site …`` and
+``telerad user …`` administer accounts; ``telerad demo`` writes (or ``--send``s) a synthetic CT
+study.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import argparse
 import getpass
 import logging
 import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,15 +65,147 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = build_services(settings)
     with services.sessions.begin() as session:
         result = bootstrap(session, settings)
+        token = None if args.no_gateway else _loopback_token(session)
     _announce(settings, result)
     app = create_app(settings, services)
+    child = None if token is None else _spawn_gateway(args, settings, token)
     try:
         uvicorn.run(
             app, host=settings.http.host, port=settings.http.port, log_level="info",
             access_log=False,
         )  # fmt: skip
     finally:
+        if child is not None:
+            _stop_child(child)
         services.close()
+    return 0
+
+
+def _loopback_token(session: Any) -> str:
+    """A fresh token for the in-tree gateway of site ``local``; the previous one is revoked."""
+    from telerad.worklist import create_site_token, revoke_site_tokens
+
+    revoke_site_tokens(session, "local", name="loopback-gateway")
+    return create_site_token(session, "local", "loopback-gateway")
+
+
+def _spawn_gateway(
+    args: argparse.Namespace, settings: Settings, token: str
+) -> subprocess.Popen[bytes]:
+    """Run ``telerad gateway`` as a child process forwarding to this centre over loopback.
+
+    The token travels in the child's environment, never on its command line."""
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::", "") else settings.http.host  # noqa: S104
+    env = dict(os.environ)
+    env["TELERAD_DATA_DIR"] = str(settings.data_dir)
+    env["TELERAD_GATEWAY__CENTRE_URL"] = f"http://{host}:{settings.http.port}"
+    env["TELERAD_GATEWAY__SITE_TOKEN"] = token
+    env["TELERAD_DICOM__PORT"] = str(settings.dicom.port)
+    command = [sys.executable, "-m", "telerad.cli"]
+    if getattr(args, "config", None):
+        command += ["--config", str(args.config)]
+    return subprocess.Popen([*command, "gateway"], env=env)
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Run a county gateway: DICOM SCP, spool, forwarder, manifests, status page."""
+    from telerad.dicom_gateway import Gateway, StatusServer, create_status_app
+    from telerad.viewer_api.services import quiet_patient_data_loggers
+
+    quiet_patient_data_loggers()
+    settings = _settings(args)
+    config = settings.gateway
+    if not config.centre_url or config.site_token is None:
+        print(
+            "telerad gateway needs TELERAD_GATEWAY__CENTRE_URL and TELERAD_GATEWAY__SITE_TOKEN",
+            file=sys.stderr,
+        )
+        return 2
+    gateway = Gateway(
+        settings, centre_url=config.centre_url, site_token=config.site_token.get_secret_value()
+    )
+    gateway.start()
+    status = None
+    if config.status_port:
+        info = {"ae_title": settings.dicom.ae_title, "centre": config.centre_url}
+        status = StatusServer(
+            create_status_app(gateway.outbox, info), config.status_host, config.status_port
+        )
+        status.start()
+    print(
+        f"telerad gateway {settings.dicom.ae_title} on DICOM port {gateway.dicom_port}, "
+        f"forwarding to {config.centre_url} (wire: {gateway.wire})"
+        + (f", status http://{config.status_host}:{status.port}/" if status else ""),
+        flush=True,
+    )
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    stopping.wait()
+    if status:
+        status.stop()
+    gateway.stop()
+    return 0
+
+
+def cmd_gateway_status(args: argparse.Namespace) -> int:
+    """Print per-study progress from the gateway's outbox (``--watch`` refreshes)."""
+    from telerad.dicom_gateway import Outbox
+
+    settings = _settings(args)
+    path = settings.gateway_path / "outbox.db"
+    if not path.exists():
+        print(f"no gateway outbox at {path}", file=sys.stderr)
+        return 1
+    outbox = Outbox(path)
+    try:
+        while True:
+            text = _progress_text(outbox)
+            if args.watch:
+                print("\x1b[2J\x1b[H" + text, flush=True)
+                time.sleep(args.interval)
+                continue
+            print(text)
+            return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        outbox.close()
+
+
+def _progress_text(outbox: Any) -> str:
+    lines = [f"instances: {outbox.counts()}"]
+    for p in outbox.progress(limit=20):
+        width = 30
+        filled = int(width * p.confirmed / max(p.received, 1))
+        bar = "#" * filled + "." * (width - filled)
+        state = "complete" if p.complete else (f"{p.dead} dead" if p.dead else p.state)
+        lines.append(
+            f"{p.study_uid[-24:]:>24} [{bar}] {p.confirmed}/{p.received} confirmed, "
+            f"{p.bytes_sent / 1e6:.1f} MB sent, {p.retries} retries, {state}"
+            + (f" - {p.last_error}" if p.last_error and not p.complete else "")
+        )
+    return "\n".join(lines)
+
+
+def cmd_gateway_retry(args: argparse.Namespace) -> int:
+    """Put dead-lettered instances (of one study, or all) back in the queue."""
+    from telerad.dicom_gateway import Outbox
+
+    outbox = Outbox(_settings(args).gateway_path / "outbox.db")
+    try:
+        print(f"{outbox.retry(args.study)} instances queued again")
+    finally:
+        outbox.close()
     return 0
 
 
@@ -128,13 +266,45 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Write a synthetic CT study as Part-10 files."""
-    from telerad.demo import write_ct_study
+def cmd_site_modality(args: argparse.Namespace) -> int:
+    """List a modality with a site: the gateway then accepts only listed AE titles."""
+    from telerad.worklist import add_modality, site_by_name
 
-    paths = write_ct_study(args.out, slices=args.slices)
-    print(f"wrote {len(paths)} CT slices to {args.out}")
+    sessions = _open_session(_settings(args))
+    with sessions.begin() as session:
+        site = site_by_name(session, args.name)
+        add_modality(session, site, args.ae_title, args.host, args.port)
+    print(f"modality {args.ae_title} listed for site {args.name}")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Write a synthetic CT study as Part-10 files, or send it to a gateway over DICOM."""
+    from telerad.demo import ct_study_bytes, write_ct_study
+
+    if not args.send:
+        paths = write_ct_study(args.out, slices=args.slices)
+        print(f"wrote {len(paths)} CT slices to {args.out}")
+        return 0
+    from telerad.dicom_gateway.scu import send_instances
+
+    settings = _settings(args)
+    instances = ct_study_bytes(slices=args.slices)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        bar = "#" * (30 * done // total)
+        print(f"\rsending [{bar:<30}] {done}/{total}", end="", flush=True)
+
+    result = send_instances(
+        instances, args.host, args.port or settings.dicom.port,
+        called_ae=args.called_ae or settings.dicom.ae_title, calling_ae=args.calling_ae,
+        progress=progress,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    codes = ", ".join(f"{code:#06x}: {n}" for code, n in sorted(result.statuses.items()))
+    print(f"\nsent {result.sent} CT slices in {seconds:.1f} s ({codes})")
+    return 0 if result.ok else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,7 +318,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port (TELERAD_HTTP__PORT)")
     serve.add_argument("--dicom-port", type=int, help="DICOM port (TELERAD_DICOM__PORT)")
     serve.add_argument("--data-dir", type=Path, help="data directory (TELERAD_DATA_DIR)")
+    serve.add_argument("--no-gateway", action="store_true", help="central service only")
     serve.set_defaults(func=cmd_serve)
+
+    gateway = commands.add_parser("gateway", help="run a county gateway (DICOM in, STOW-RS out)")
+    gateway.add_argument("--dicom-port", type=int, help="DICOM port (TELERAD_DICOM__PORT)")
+    gateway.add_argument("--data-dir", type=Path, help="data directory (TELERAD_DATA_DIR)")
+    gateway.set_defaults(func=cmd_gateway)
+    gateway_actions = gateway.add_subparsers(dest="action")
+    gw_status = gateway_actions.add_parser("status", help="per-study progress of this gateway")
+    gw_status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    gw_status.add_argument("--interval", type=float, default=2.0)
+    gw_status.set_defaults(func=cmd_gateway_status)
+    gw_retry = gateway_actions.add_parser("retry", help="re-queue dead-lettered instances")
+    gw_retry.add_argument("study", nargs="?", help="only this Study Instance UID")
+    gw_retry.set_defaults(func=cmd_gateway_retry)
 
     site = commands.add_parser("site", help="manage sites").add_subparsers(
         dest="action", required=True
@@ -162,6 +346,12 @@ def _parser() -> argparse.ArgumentParser:
     site_token.add_argument("name")
     site_token.add_argument("--label", default="gateway")
     site_token.set_defaults(func=cmd_site_token)
+    site_modality = site.add_parser("modality", help="list a modality (AE title) with a site")
+    site_modality.add_argument("name")
+    site_modality.add_argument("ae_title")
+    site_modality.add_argument("--host", help="where it accepts Storage Commitment replies")
+    site_modality.add_argument("--port", type=int)
+    site_modality.set_defaults(func=cmd_site_modality)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True
@@ -182,6 +372,11 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="write a synthetic CT study")
     demo.add_argument("--out", type=Path, default=Path("demo-ct"))
     demo.add_argument("--slices", type=int, default=100)
+    demo.add_argument("--send", action="store_true", help="C-STORE it to a gateway instead")
+    demo.add_argument("--host", default="127.0.0.1", help="gateway host (with --send)")
+    demo.add_argument("--port", type=int, help="gateway DICOM port (default TELERAD_DICOM__PORT)")
+    demo.add_argument("--called-ae", help="gateway AE title (default TELERAD_DICOM__AE_TITLE)")
+    demo.add_argument("--calling-ae", default="TELERAD-DEMO", help="our AE title")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -62,10 +62,66 @@ class HttpSettings(BaseModel):
 
 
 class DicomSettings(BaseModel):
-    """The DICOM listener of the gateway."""
+    """The DICOM listener of the gateway (PS3.8 upper layer, optional TLS per PS3.15 Annex B)."""
 
     ae_title: str = Field(default="TELERAD", min_length=1, max_length=16)
+    host: str = "0.0.0.0"  # noqa: S104 - modalities are on the hospital network
     port: int = Field(default=11112, ge=1, le=65535)
+    max_pdu: int = Field(
+        default=4 * 1024 * 1024, ge=0, description="largest PDU we accept (0 = unlimited)"
+    )
+    workers: int = Field(
+        default=0, ge=0, le=64, description="SCP processes sharing the port; 0 = one per core"
+    )
+    tls_certificate: Path | None = Field(default=None, description="PEM certificate: TLS on")
+    tls_private_key: Path | None = None
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: modalities must present a certificate it signed"
+    )
+
+
+class ModalityAddress(BaseModel):
+    """A modality allowed to send, and where Storage Commitment replies may reach it."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class GatewaySettings(BaseModel):
+    """The county gateway: spool, outbox, forwarder to the centre, edge completeness."""
+
+    centre_url: str | None = Field(
+        default=None, description="the centre's base URL; `serve` uses its own loopback URL"
+    )
+    site_token: SecretStr | None = Field(default=None, description="the site's gateway token")
+    spool_path: Path | None = Field(default=None, description="default <data_dir>/gateway")
+    min_free_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=0, description="below this free space C-STORE gets 0xA700"
+    )
+    modalities: list[ModalityAddress] = Field(
+        default_factory=list, description="allowed calling AE titles; empty = ask the centre"
+    )
+    accept_any_ae: bool = Field(
+        default=False, description="development mode: accept every calling AE title"
+    )
+    stable_seconds: float = Field(default=30.0, gt=0, description="quiet time before a manifest")
+    batch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    parallel: int = Field(default=3, ge=1, le=32, description="STOW requests in flight")
+    max_attempts: int = Field(default=12, ge=1, description="failures before dead-letter")
+    backoff_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    request_timeout: float = Field(default=120.0, gt=0)
+    wire: Literal["auto", "none", "gzip", "lossless"] = Field(
+        default="auto",
+        description="lossless: JPEG-LS for native images + gzip for the rest; auto: none over "
+        "loopback, lossless otherwise",
+    )
+    commitment_timeout: float = Field(
+        default=3600.0, gt=0, description="longest wait before a Storage Commitment reply"
+    )
+    status_host: str = "127.0.0.1"
+    status_port: int = Field(default=8081, ge=0, le=65535, description="0 = no status page")
 
 
 class AuthSettings(BaseModel):
@@ -97,6 +153,7 @@ class Settings(BaseSettings):
     objects: ObjectStoreSettings = ObjectStoreSettings()
     http: HttpSettings = HttpSettings()
     dicom: DicomSettings = DicomSettings()
+    gateway: GatewaySettings = GatewaySettings()
     auth: AuthSettings = AuthSettings()
 
     @classmethod
@@ -143,6 +200,11 @@ class Settings(BaseSettings):
     def objects_path(self) -> Path:
         """Filesystem object store root."""
         return self.objects.path or self.data_dir / "objects"
+
+    @property
+    def gateway_path(self) -> Path:
+        """The gateway's spool and outbox directory."""
+        return self.gateway.spool_path or self.data_dir / "gateway"
 
     def token_secret(self) -> str:
         """The token signing key; in development created once in the data directory."""

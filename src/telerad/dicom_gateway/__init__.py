@@ -1,3 +1,50 @@
-"""DICOM gateway: SCP, spool, outbox, forwarder (issue: county gateway)."""
+"""The county gateway: DICOM SCP, durable spool and outbox, forwarding to the centre with
+STOW-RS, edge completeness manifests and Storage Commitment.
 
-__all__: list[str] = []
+Public API (other packages and the CLI import only these names).
+"""
+
+from telerad.dicom_gateway.centre import CentreClient, ManifestAnswer, StowOutcome
+from telerad.dicom_gateway.commitment import CommitmentResult, Committer
+from telerad.dicom_gateway.errors import (
+    CentreError,
+    CentreRefused,
+    CentreUnavailable,
+    GatewayError,
+    RequestMismatch,
+    SpoolFull,
+    SpoolUnavailable,
+)
+from telerad.dicom_gateway.outbox import Outbox, StudyProgress
+from telerad.dicom_gateway.receiver import Receiver, StoreRequest
+from telerad.dicom_gateway.runner import Gateway, wire_mode
+from telerad.dicom_gateway.scp import STORE_STATUS, CallingAePolicy
+from telerad.dicom_gateway.spool import Spool
+from telerad.dicom_gateway.status import StatusServer, create_status_app, study_json
+
+__all__ = [
+    "STORE_STATUS",
+    "CallingAePolicy",
+    "CentreClient",
+    "CentreError",
+    "CentreRefused",
+    "CentreUnavailable",
+    "CommitmentResult",
+    "Committer",
+    "Gateway",
+    "GatewayError",
+    "ManifestAnswer",
+    "Outbox",
+    "Receiver",
+    "RequestMismatch",
+    "Spool",
+    "SpoolFull",
+    "SpoolUnavailable",
+    "StatusServer",
+    "StoreRequest",
+    "StowOutcome",
+    "StudyProgress",
+    "create_status_app",
+    "study_json",
+    "wire_mode",
+]

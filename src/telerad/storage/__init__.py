@@ -44,7 +44,7 @@ from telerad.storage.models import (
     User,
 )
 from telerad.storage.objectstore import ObjectInfo, ObjectStore, open_object_store
-from telerad.storage.parsing import BASE_URI_MARKER
+from telerad.storage.parsing import BASE_URI_MARKER, InstanceHeader, check_instance
 from telerad.storage.query import Level, Scope, SearchResult, search
 from telerad.storage.query import element as dicom_json_element
 
@@ -60,6 +60,7 @@ __all__ = [
     "IngestStatus",
     "Instance",
     "InstanceConflict",
+    "InstanceHeader",
     "IntegrityError",
     "InvalidInstance",
     "InvalidKey",
@@ -88,6 +89,7 @@ __all__ = [
     "StudyMismatch",
     "StudyNotFound",
     "User",
+    "check_instance",
     "create_catalog_engine",
     "dicom_json_element",
     "is_valid_uid",

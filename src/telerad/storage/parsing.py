@@ -106,6 +106,45 @@ def parse_instance(data: bytes) -> ParsedInstance:
     return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """The identifying UIDs of an instance that passed the ingest path's checks."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+
+
+def check_instance(data: bytes) -> InstanceHeader:
+    """Apply the ingest path's acceptance checks without building its catalog data.
+
+    A gateway calls this before acknowledging a C-STORE, so that it never acknowledges what the
+    centre's :func:`parse_instance` would refuse: Part-10 header (PS3.10 §7.1), valid UIDs
+    (PS3.5 §9.1), complete Pixel Data, catalog attribute lengths. No pixel data is decoded.
+
+    Raises
+    ------
+    InvalidInstance
+        As :func:`parse_instance`.
+    """
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        stream = io.BytesIO(data)
+        dataset = _read_header(stream)
+        uids = _required_uids(dataset)
+        _check_complete(data, stream.tell(), dataset)
+        _catalog_attributes(dataset, uids["SOPInstanceUID"])
+    return InstanceHeader(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=uids["TransferSyntaxUID"],
+    )
+
+
 def _parse(data: bytes) -> ParsedInstance:
     stream = io.BytesIO(data)
     dataset = _read_header(stream)

@@ -188,12 +188,14 @@ def authenticate_site_token(session: Session, token: str) -> Principal | None:
     return Principal(f"site:{row.Site.name}", "gateway", row.Site.id, is_site_token=True)
 
 
-def revoke_site_tokens(session: Session, site: str) -> int:
-    """Revoke every token of ``site``; returns how many were active."""
+def revoke_site_tokens(session: Session, site: str, name: str | None = None) -> int:
+    """Revoke every token of ``site`` (or only those labelled ``name``); returns how many were
+    active."""
     site_id = site_by_name(session, site).id
-    rows = session.scalars(
-        select(SiteToken).where(SiteToken.site_id == site_id, SiteToken.revoked_at.is_(None))
-    ).all()
+    query = select(SiteToken).where(SiteToken.site_id == site_id, SiteToken.revoked_at.is_(None))
+    if name is not None:
+        query = query.where(SiteToken.name == name)
+    rows = session.scalars(query).all()
     for row in rows:
         row.revoked_at = datetime.now(UTC)
     return len(rows)

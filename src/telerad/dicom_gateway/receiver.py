@@ -1,0 +1,84 @@
+"""Receiving one instance at the edge: check it, spool it, record it — or refuse it whole.
+
+This is the domain call behind the C-STORE handler. The checks are the centre's own
+(:func:`telerad.storage.check_instance`), so the gateway never acknowledges an instance the
+centre would refuse; pixel data is never decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from dataclasses import dataclass
+
+from telerad.dicom_gateway.errors import RequestMismatch, SpoolUnavailable
+from telerad.dicom_gateway.outbox import ROUTINE, Outbox, Received
+from telerad.dicom_gateway.spool import Spool
+from telerad.storage import check_instance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """What the C-STORE request said about the data set it carried (PS3.7 §9.1.1.1)."""
+
+    calling_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    priority: int = ROUTINE
+
+
+class Receiver:
+    """Spool plus outbox: the one place instances enter the gateway."""
+
+    def __init__(self, spool: Spool, outbox: Outbox) -> None:
+        self.spool = spool
+        self.outbox = outbox
+
+    def store(self, data: bytes, request: StoreRequest) -> bool:
+        """Keep a Part-10 instance durably; ``False`` if this exact content was already kept.
+
+        Raises
+        ------
+        InvalidInstance
+            The centre's ingest checks refuse it.
+        RequestMismatch
+            Its SOP Class or Instance UID is not the request's.
+        SpoolFull, SpoolUnavailable
+            Nothing was written.
+        """
+        header = check_instance(data)
+        if (header.sop_class_uid, header.sop_instance_uid) != (
+            request.sop_class_uid,
+            request.sop_instance_uid,
+        ):
+            raise RequestMismatch("the data set's SOP Class/Instance UID differ from the request")
+        sha256 = hashlib.sha256(data).hexdigest()
+        if self.outbox.known_sha256(header.sop_instance_uid, sha256):
+            return False
+        relative = self.spool.write(data)
+        item = Received(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            calling_ae=request.calling_ae,
+            path=relative,
+            size=len(data),
+            sha256=sha256,
+            priority=request.priority,
+        )
+        try:
+            new = self.outbox.record(item)
+        except sqlite3.Error as exc:
+            self.spool.remove(relative)
+            raise SpoolUnavailable(f"outbox not writable: {exc}") from exc
+        except BaseException:
+            self.spool.remove(relative)
+            raise
+        if not new:
+            self.spool.remove(relative)
+        return new

@@ -1,0 +1,244 @@
+"""The gateway's DICOM listener: Verification, Storage and Storage Commitment SCP (pynetdicom).
+
+* C-ECHO (PS3.4 Annex A) and C-STORE (PS3.4 Annex B) for every storage SOP class pynetdicom
+  knows, in every transfer syntax it lists: the handler never decodes pixel data, so compressed
+  syntaxes cost nothing to accept.
+* N-ACTION of the Storage Commitment Push Model (PS3.4 Annex J); the N-EVENT-REPORT comes later
+  from :class:`telerad.dicom_gateway.commitment.Committer`.
+* Calling AE titles are checked at association time against the site's modalities (rejected
+  with result 1, source 1, reason 3 "calling AE title not recognized", PS3.8 §9.3.4).
+* TCP_NODELAY on every accepted socket, a large maximum PDU, SO_REUSEPORT so that several SCP
+  processes can share one port, and optional TLS (PS3.15 Annex B.1) with client certificates.
+
+Handlers are thin: they call one domain function and map its exceptions to a status through
+:data:`STORE_STATUS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+from pydicom import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE, N_ACTION
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from telerad.dicom_gateway.commitment import (
+    COMMITMENT_INSTANCE_UID,
+    CommitmentRequest,
+    Committer,
+    parse_commitment_request,
+)
+from telerad.dicom_gateway.errors import (
+    RequestMismatch,
+    SpoolFull,
+    SpoolUnavailable,
+)
+from telerad.dicom_gateway.outbox import ROUTINE, URGENT
+from telerad.dicom_gateway.receiver import Receiver, StoreRequest
+from telerad.settings import DicomSettings
+from telerad.storage import InvalidInstance
+
+logger = logging.getLogger(__name__)
+
+#: C-STORE status per exception (PS3.4 Table B.2-1; 0x0110 is PS3.7 Annex C "processing
+#: failure"). Looked up along the exception's MRO.
+STORE_STATUS: dict[type[Exception], int] = {
+    SpoolFull: 0xA700,  # Refused: Out of Resources
+    SpoolUnavailable: 0xA701,  # Refused: Out of Resources (cannot write)
+    RequestMismatch: 0xA900,  # Error: Data Set does not match SOP Class
+    InvalidInstance: 0xC000,  # Error: Cannot understand
+}
+PROCESSING_FAILURE = 0x0110
+#: C-STORE Priority (PS3.7 §9.1.1.1): 0x0001 HIGH forwards before MEDIUM and LOW.
+_HIGH_PRIORITY = 0x0001
+
+
+def status_for(exc: Exception) -> int:
+    """The DIMSE status of an exception, from :data:`STORE_STATUS`."""
+    for cls in type(exc).__mro__:
+        if cls in STORE_STATUS:
+            return STORE_STATUS[cls]
+    return PROCESSING_FAILURE
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    """A status data set with an Error Comment (0000,0902): at most 64 ASCII characters and
+    never patient data (our messages only name UIDs and causes)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return ds
+
+
+def handle_echo(event: evt.Event) -> int:
+    """C-ECHO (PS3.4 A.4): always 0x0000 Success."""
+    return 0x0000
+
+
+def handle_store(event: evt.Event, receiver: Receiver) -> int | Dataset:
+    """C-STORE (PS3.4 B.2.3).
+
+    Statuses: 0x0000 stored (or the same content was already stored); 0xA700 spool full;
+    0xA701 spool/outbox not writable; 0xA900 data set UIDs differ from the request;
+    0xC000 not a storable instance (unreadable, truncated, invalid UIDs); 0x0110 anything else.
+    """
+    request = cast(C_STORE, event.request)
+    store = StoreRequest(
+        calling_ae=event.assoc.requestor.ae_title,
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        priority=URGENT if request.Priority == _HIGH_PRIORITY else ROUTINE,
+    )
+    try:
+        receiver.store(event.encoded_dataset(include_meta=True), store)
+    except Exception as exc:
+        status = status_for(exc)
+        log = logger.exception if status == PROCESSING_FAILURE else logger.warning
+        log("C-STORE from %s of %s: %#06x %s", store.calling_ae, store.sop_instance_uid,
+            status, exc)  # fmt: skip
+        return _failure(status, str(exc))
+    return 0x0000
+
+
+def handle_commitment(event: evt.Event, committer: Committer) -> tuple[int, Dataset | None]:
+    """N-ACTION Request Storage Commitment (PS3.4 J.3.2).
+
+    Statuses: 0x0000 accepted (the result follows as an N-EVENT-REPORT); 0x0112 no such SOP
+    Instance (not the well-known commitment instance); 0x0123 no such action type; 0x0115
+    invalid argument (no Transaction UID or references); 0x0110 anything else.
+    """
+    request = cast(N_ACTION, event.request)
+    if str(request.RequestedSOPInstanceUID) != COMMITMENT_INSTANCE_UID:
+        return 0x0112, None
+    if event.action_type != 1:
+        return 0x0123, None
+    try:
+        parsed = parse_commitment_request(event.action_information)
+    except ValueError as exc:
+        logger.warning("storage commitment request refused: %s", exc)
+        return 0x0115, None
+    committer.submit(CommitmentRequest(event.assoc.requestor.ae_title, parsed, event.assoc))
+    return 0x0000, None
+
+
+class CallingAePolicy:
+    """Which calling AE titles may associate: the site's modalities, or any in development."""
+
+    def __init__(self, ae_titles: set[str] | None = None, *, accept_any: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._titles = frozenset(ae_titles or ())
+        self.accept_any = accept_any
+
+    def update(self, ae_titles: set[str], *, accept_any: bool | None = None) -> None:
+        """Replace the allowed titles (and the development flag, if given)."""
+        with self._lock:
+            self._titles = frozenset(t.strip() for t in ae_titles)
+            if accept_any is not None:
+                self.accept_any = accept_any
+
+    def as_required_list(self) -> list[str]:
+        """pynetdicom's ``require_calling_aet``: ``[]`` accepts any, so an empty site gets
+        ``[""]``, a title no peer can send (AE titles are never blank, PS3.5 Table 6.2-1)."""
+        if self.accept_any:
+            return []
+        with self._lock:
+            return sorted(self._titles) or [""]
+
+
+class GatewayAE(AE):
+    """An AE whose allowed calling AE titles are read from a policy at each association."""
+
+    policy: CallingAePolicy
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        policy = getattr(self, "policy", None)
+        return policy.as_required_list() if policy else list(self._require_calling_aet)
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        self._require_calling_aet = list(ae_titles)
+
+
+class FastAssociationServer(ThreadedAssociationServer):
+    """Association server with SO_REUSEPORT on the listener and TCP_NODELAY per connection."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+
+def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
+    """A server TLS context (PS3.15 B.1: TLS 1.2+), requiring client certificates when a CA
+    bundle is configured; ``None`` without a certificate."""
+    if settings.tls_certificate is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def build_ae(settings: DicomSettings, policy: CallingAePolicy) -> GatewayAE:
+    """The acceptor with every storage context, verification and storage commitment."""
+    ae = GatewayAE(ae_title=settings.ae_title)
+    ae.policy = policy
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = 64
+    ae.network_timeout = 60
+    ae.dimse_timeout = 60
+    ae.acse_timeout = 30
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
+    ae.add_supported_context(StorageCommitmentPushModel, ALL_TRANSFER_SYNTAXES[:4])
+    return ae
+
+
+def start_scp(
+    settings: DicomSettings,
+    receiver: Receiver,
+    committer: Committer,
+    policy: CallingAePolicy,
+) -> FastAssociationServer:
+    """Start listening (non-blocking); ``server.shutdown()`` stops it."""
+    ae = build_ae(settings, policy)
+    handlers: list[tuple[Any, Callable[..., Any], list[Any]] | tuple[Any, Callable[..., Any]]] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [receiver]),
+        (evt.EVT_N_ACTION, handle_commitment, [committer]),
+    ]
+    server: FastAssociationServer = ae.make_server(  # type: ignore[assignment]
+        (settings.host, settings.port),
+        ssl_context=tls_context(settings),
+        evt_handlers=handlers,
+        server_class=FastAssociationServer,
+    )
+    ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
+    thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
+    thread.start()
+    logger.info(
+        "DICOM SCP %s listening on %s:%d%s", settings.ae_title, settings.host,
+        server.server_address[1], " (TLS)" if server.ssl_context else "",
+    )  # fmt: skip
+    return server
