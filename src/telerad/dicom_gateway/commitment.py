@@ -254,7 +254,7 @@ class Committer:
                 result.to_dataset(), result.event_type, StorageCommitmentPushModel,
                 COMMITMENT_INSTANCE_UID,
             )[0]  # fmt: skip
-            if status is None or status.Status != 0x0000:
+            if status is None or status.get("Status") != 0x0000:
                 raise RuntimeError(f"N-EVENT-REPORT answered {status}")
         finally:
             association.release()
@@ -271,7 +271,7 @@ def _send_on(association: Any, result: CommitmentResult, *, timeout: float) -> b
                 result.to_dataset(), result.event_type, StorageCommitmentPushModel,
                 COMMITMENT_INSTANCE_UID,
             )[0]  # fmt: skip
-            outcome.append(status is not None and status.Status == 0x0000)
+            outcome.append(status is not None and status.get("Status") == 0x0000)
         except Exception:
             logger.exception("N-EVENT-REPORT on the open association failed")
             outcome.append(False)

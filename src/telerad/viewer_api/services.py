@@ -21,7 +21,12 @@ from telerad.storage import (
 
 @dataclass
 class Services:
-    """Settings, database engine, object store and the archive built on them."""
+    """Settings, database engine, object store and the archive built on them.
+
+    ``sessions`` read (SQLite: deferred snapshot); ``writer`` sessions write (SQLite: BEGIN
+    IMMEDIATE, so concurrent writers queue on the busy timeout instead of failing with a
+    lock-upgrade "database is locked").
+    """
 
     settings: Settings
     engine: Engine
@@ -29,6 +34,7 @@ class Services:
     archive: Archive
     sessions: sessionmaker[Session]
     token_secret: str
+    writer: sessionmaker[Session]
 
     def close(self) -> None:
         """Release connections."""
@@ -70,4 +76,5 @@ def build_services(settings: Settings) -> Services:
         archive=Archive(engine, objects),
         sessions=session_factory(engine),
         token_secret=settings.token_secret(),
+        writer=session_factory(engine, writer=True),
     )

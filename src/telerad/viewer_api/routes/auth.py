@@ -25,7 +25,7 @@ async def login_for_access_token(
     """Exchange a username and password for a short-lived bearer token."""
 
     def check() -> Any:
-        with services.sessions.begin() as session:
+        with services.writer.begin() as session:
             principal = authenticate_user(session, form.username, form.password)
             record_access(
                 session,

@@ -109,6 +109,7 @@ async def _search(
             result = search(
                 session, level, query, scope, study_uid=study_uid, series_uid=series_uid
             )
+        with services.writer.begin() as session:
             record_access(
                 session,
                 actor=principal.name,
@@ -119,7 +120,6 @@ async def _search(
                 study_uids=result.study_uids,
                 detail=str(request.url.query)[:2000],
             )
-            session.commit()
         text = json.dumps(result.matches, separators=(",", ":"), ensure_ascii=False)
         return text.replace(BASE_URI_MARKER, base), result.ignored
 
