@@ -17,6 +17,7 @@ import pytest
 from pynetdicom import AE, _config
 
 from telerad.dicom_gateway import Gateway
+from telerad.dicom_gateway.outbox import OutboxItem
 from tests.dicom_gateway.conftest import free_port, gateway_settings, running_gateway
 
 REFUSALS = {0xC000, 0xA900}
@@ -55,6 +56,14 @@ def _dataset_bytes(data: bytes) -> bytes:
     return data[stream.tell() :]
 
 
+def _rows(gateway: Gateway) -> list[OutboxItem]:
+    return [
+        item
+        for study in gateway.outbox.progress(limit=10000)
+        for item in gateway.outbox.items(study.study_uid)
+    ]
+
+
 def _send(path: Path, port: int) -> int | str:
     """C-STORE the file's bytes as they are; returns the status or why it could not be sent."""
     meta = _meta(path)
@@ -82,11 +91,9 @@ def test_every_pydicom_test_file_is_kept_unchanged_or_refused_precisely(
     assert len(files) > 50
     outcomes: Counter[str] = Counter()
     for path in files:
-        before = {item.id for study in gateway.outbox.progress(limit=10000)
-                  for item in gateway.outbox.items(study.study_uid)}  # fmt: skip
+        before = {item.id for item in _rows(gateway)}
         result = _send(path, gateway.dicom_port)
-        after = [item for study in gateway.outbox.progress(limit=10000)
-                 for item in gateway.outbox.items(study.study_uid) if item.id not in before]  # fmt: skip
+        after = [item for item in _rows(gateway) if item.id not in before]
         if result == 0x0000:
             original = _dataset_bytes(path.read_bytes())
             stored = [gateway.spool.read(item.path) for item in after]
