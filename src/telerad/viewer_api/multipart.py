@@ -6,7 +6,8 @@ hand each part to the ingest path as soon as it is complete, without buffering t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -72,28 +73,29 @@ class _Collector:
         self.finished = True
 
 
-async def iter_parts(
-    chunks: AsyncIterator[bytes], boundary: str, max_bytes: int
-) -> AsyncIterator[Part]:
+async def iter_parts(chunks: AsyncIterator[bytes], boundary: str) -> AsyncIterator[Part]:
     """Yield each part of the body as soon as it is complete.
 
-    Raises :class:`MultipartError` on a malformed or truncated body, or one over ``max_bytes``.
+    Raises :class:`MultipartError` on a malformed or truncated body; errors raised by
+    ``chunks`` (a decoding or size limit, :mod:`telerad.viewer_api.encoding`) pass through.
     """
     collector = _Collector()
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-    received = 0
-    try:
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > max_bytes:
-                raise MultipartError(f"request body larger than {max_bytes} bytes")
+    async for chunk in chunks:
+        with _parser_errors():
             parser.write(chunk)
-            while collector.ready:
-                yield collector.ready.pop(0)
+        while collector.ready:
+            yield collector.ready.pop(0)
+    with _parser_errors():
         parser.finalize()
-    except MultipartError:
-        raise
-    except Exception as exc:  # python-multipart raises its own error types
-        raise MultipartError(f"malformed multipart body: {exc}") from exc
     if not collector.finished:
         raise MultipartError("multipart body ends before its closing boundary")
+
+
+@contextmanager
+def _parser_errors() -> Iterator[None]:
+    """Translate python-multipart's own error types."""
+    try:
+        yield
+    except Exception as exc:
+        raise MultipartError(f"malformed multipart body: {exc}") from exc

@@ -7,11 +7,25 @@ Domain code raises its own exceptions; this module registers a handler per class
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from telerad.storage import InvalidKey, ObjectNotFound, QueryError, StorageUnavailable
+from telerad.storage import (
+    InvalidKey,
+    InvalidManifest,
+    ObjectNotFound,
+    QueryError,
+    StorageUnavailable,
+    StudyNotFound,
+)
+from telerad.viewer_api.encoding import (
+    ACCEPTED_CODINGS,
+    ContentTooLarge,
+    CorruptContent,
+    UnsupportedContentCoding,
+)
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import AccountError
 
@@ -48,11 +62,21 @@ class NotFound(HttpProblem):
 STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     QueryError: (400, True),
     InvalidKey: (400, True),
+    InvalidManifest: (400, True),
     AccountError: (400, True),
+    CorruptContent: (400, True),
     AuthenticationFailed: (401, False),
     PermissionDenied: (403, True),
     ObjectNotFound: (404, False),
+    StudyNotFound: (404, False),
+    ContentTooLarge: (413, True),
+    UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
+}
+#: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
+HEADERS_FOR: dict[type[Exception], dict[str, str]] = {
+    AuthenticationFailed: {"WWW-Authenticate": "Bearer"},
+    UnsupportedContentCoding: {"Accept-Encoding": ", ".join(ACCEPTED_CODINGS)},
 }
 
 
@@ -65,12 +89,13 @@ async def _http_problem(_request: Request, exc: Exception) -> JSONResponse:
     return _problem(exc.status, exc.detail)
 
 
-def _handler_for(status: int, show: bool):  # type: ignore[no-untyped-def]
+def _handler_for(
+    status: int, show: bool, headers: dict[str, str] | None
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if status >= 500:
             logger.error("%s %s: %s", request.method, request.url.path, exc)
         detail = str(exc) if show else _GENERIC[status]
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return _problem(status, detail, headers)
 
     return handle
@@ -87,4 +112,5 @@ def register_problem_handlers(app: FastAPI) -> None:
     """Install one handler per exception class of :data:`STATUS_FOR`."""
     app.add_exception_handler(HttpProblem, _http_problem)
     for exc_class, (status, show) in STATUS_FOR.items():
-        app.add_exception_handler(exc_class, _handler_for(status, show))
+        handler = _handler_for(status, show, HEADERS_FOR.get(exc_class))
+        app.add_exception_handler(exc_class, handler)

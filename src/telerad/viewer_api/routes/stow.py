@@ -1,15 +1,21 @@
 """STOW-RS: Store Instances (PS3.18 §10.5).
 
 ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` take a multipart/related
-body of ``application/dicom`` parts. Each part goes through the single ingest path as soon as
-it has arrived. The response (PS3.18 §10.5.3, Table 10.5.3-1) is:
+body of ``application/dicom`` parts, optionally with a ``Content-Encoding`` of ``gzip`` or
+``deflate`` (PS3.18 §8.4.2, Table 8.4.2-1; RFC 9110 §8.4), decoded as a stream.
+Each part goes through the single ingest path as soon as it has arrived. The response
+(PS3.18 §10.5.3, Table 10.5.3-1) is:
 
 ===== ================================================================================
 200   every instance stored (or already stored with the same content)
 202   some stored; the others are in the Failed SOP Sequence with their reasons
-400   the body is malformed, or has no part at all; nothing from a bad part is kept
+400   the body is malformed (multipart or content coding), or has no part at all;
+      nothing from a bad part is kept
 409   none stored: every part failed (reasons in the Failed SOP Sequence)
-415   not multipart/related, or a ``type`` other than application/dicom
+413   the *decoded* body exceeds ``http.max_request_bytes`` (RFC 9110 §15.5.14); the parts
+      completed before the limit stay stored, the one being received is dropped
+415   not multipart/related, a ``type`` other than application/dicom, or a content coding
+      other than gzip, deflate and identity (RFC 9110 §15.5.16, with ``Accept-Encoding``)
 503   the catalog or the object store is unavailable
 ===== ================================================================================
 """
@@ -38,6 +44,12 @@ from telerad.storage import (
     validate_uid,
 )
 from telerad.viewer_api.deps import AddressDep, BaseUrlDep, ServicesDep, StorerDep
+from telerad.viewer_api.encoding import (
+    ContentTooLarge,
+    CorruptContent,
+    content_codings,
+    decoded_body,
+)
 from telerad.viewer_api.multipart import MultipartError, Part, iter_parts, media_type
 from telerad.viewer_api.problems import BadRequest, UnsupportedMediaType
 from telerad.viewer_api.services import Services
@@ -93,17 +105,22 @@ async def _store(
     study_uid: str | None,
 ) -> JSONResponse:
     boundary = _boundary(request.headers.get("content-type", ""))
+    codings = content_codings(request.headers.get("content-encoding"))
     source = await run_in_threadpool(_source_for, services, principal)
     stored: list[IngestResult] = []
     failed: list[Failure] = []
-    limit = services.settings.http.max_request_bytes
+    body = decoded_body(request.stream(), codings, services.settings.http.max_request_bytes)
     try:
-        async for part in iter_parts(request.stream(), boundary, limit):
+        async for part in iter_parts(body, boundary):
             await _store_part(part, services, source, study_uid, stored, failed)
-    except MultipartError as exc:
+    except (MultipartError, CorruptContent) as exc:
         if not stored and not failed:
             raise BadRequest(str(exc)) from exc
         failed.append(Failure("", "", PROCESSING_FAILURE, str(exc)))
+    except ContentTooLarge as exc:
+        failed.append(Failure("", "", PROCESSING_FAILURE, str(exc)))
+        await run_in_threadpool(_audit, services, principal, address, stored, failed)
+        raise ContentTooLarge(f"{exc}; {len(stored)} instance(s) stored before it") from exc
     if not stored and not failed:
         raise BadRequest("the request has no body part")
     await run_in_threadpool(_audit, services, principal, address, stored, failed)
@@ -218,7 +235,7 @@ def _audit(
     stored: list[IngestResult],
     failed: list[Failure],
 ) -> None:
-    with services.sessions.begin() as session:
+    with services.writer.begin() as session:
         record_access(
             session,
             actor=principal.name,
