@@ -56,7 +56,9 @@ def _transcode(data: bytes) -> bytes | None:
     if ds.get("SamplesPerPixel", 1) != 1:
         return None  # colour: planar/interleaved layouts make the byte check ambiguous
     original = bytes(ds.PixelData)
-    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
+    # the same instance in another transfer syntax keeps its SOP Instance UID (PS3.5 §10):
+    # pydicom would otherwise mint a new one
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls", generate_instance_uid=False)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     encoded = out.getvalue()

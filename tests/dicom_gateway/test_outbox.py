@@ -1,0 +1,153 @@
+"""The outbox's state machine, leases, priorities and manifests, on a real SQLite file."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from telerad.dicom_gateway.errors import SpoolFull, SpoolUnavailable
+from telerad.dicom_gateway.forwarder import backoff_delay
+from telerad.dicom_gateway.outbox import (
+    COMPLETE,
+    CONFIRMED,
+    DEAD,
+    PENDING,
+    RECEIVING,
+    ROUTINE,
+    STAT,
+    Outbox,
+    Received,
+)
+from telerad.dicom_gateway.scp import STORE_STATUS, CallingAePolicy, status_for
+from telerad.storage import InvalidInstance
+
+
+def _item(uid: str, study: str = "1.2.3", priority: int = ROUTINE, size: int = 100) -> Received:
+    return Received(uid, "1.2.840.10008.5.1.4.1.1.2", study, "1.2.3.4", "1.2.840.10008.1.2.1",
+                    "CT1", f"d/{uid}.dcm", size, f"{uid:0>64}"[-64:], priority)  # fmt: skip
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox(tmp_path / "outbox.db", lease_seconds=10)
+    yield box
+    box.close()
+
+
+def _states(outbox: Outbox, study: str = "1.2.3") -> dict[str, str]:
+    return {i.sop_instance_uid: i.state for i in outbox.items(study)}
+
+
+def test_same_content_is_recorded_once(outbox: Outbox) -> None:
+    assert outbox.record(_item("1"))
+    assert not outbox.record(_item("1"))
+    assert len(outbox.items("1.2.3")) == 1
+
+
+def test_stat_study_is_claimed_first_and_batches_respect_bytes(outbox: Outbox) -> None:
+    for uid in ("1", "2", "3"):
+        outbox.record(_item(uid, "1.2.3", size=400))
+    outbox.record(_item("9", "1.2.9", STAT, size=400))
+    first = outbox.claim_batch(1000)
+    assert [i.sop_instance_uid for i in first] == ["9"]
+    second = outbox.claim_batch(1000)
+    assert [i.sop_instance_uid for i in second] == ["1", "2"]  # 800 bytes fit, 1200 do not
+    assert outbox.claim_batch(1000)[0].sop_instance_uid == "3"
+    assert outbox.claim_batch(1000) == []  # all leased
+
+
+def test_expired_lease_and_restart_make_rows_pending_again(outbox: Outbox) -> None:
+    outbox.record(_item("1"), now=100)
+    assert outbox.claim_batch(1000, now=100)
+    assert outbox.claim_batch(1000, now=105) == []  # lease still held
+    assert [i.sop_instance_uid for i in outbox.claim_batch(1000, now=111)] == ["1"]
+    assert outbox.recover(now=111) == 1
+    assert _states(outbox) == {"1": PENDING}
+
+
+def test_failures_back_off_then_dead_letter_and_retry(outbox: Outbox) -> None:
+    outbox.record(_item("1"), now=0)
+    for attempt in range(3):
+        batch = outbox.claim_batch(1000, now=attempt * 100)
+        assert batch, attempt
+        outbox.fail([(batch[0].id, "down", False, 0)], max_attempts=3, backoff=50,
+                    now=attempt * 100)  # fmt: skip
+        if attempt < 2:
+            assert outbox.claim_batch(1000, now=attempt * 100 + 10) == []  # backing off
+    assert _states(outbox) == {"1": DEAD}
+    assert outbox.retry("1.2.3") == 1
+    assert _states(outbox) == {"1": PENDING}
+
+
+def test_permanent_refusal_is_dead_at_once(outbox: Outbox) -> None:
+    outbox.record(_item("1"))
+    batch = outbox.claim_batch(1000)
+    outbox.fail([(batch[0].id, "0xa900", True, 0)], max_attempts=10, backoff=1)
+    assert _states(outbox) == {"1": DEAD}
+
+
+def test_manifest_waits_for_quiet_and_confirmation(outbox: Outbox) -> None:
+    outbox.record(_item("1"), now=0)
+    outbox.record(_item("2"), now=5)
+    assert outbox.studies_due_for_manifest(30, now=100) == []  # nothing confirmed yet
+    batch = outbox.claim_batch(10_000, now=6)
+    outbox.set_wire(batch[0].id, None, batch[0].sha256, 100)
+    outbox.confirm([(i.id, 100) for i in batch], now=7)
+    assert outbox.studies_due_for_manifest(30, now=20) == []  # not quiet for 30 s
+    assert outbox.studies_due_for_manifest(30, now=40) == ["1.2.3"]
+    assert set(outbox.manifest("1.2.3")) == {"1", "2"}
+
+
+def test_missing_instances_are_resent_and_new_ones_reopen(outbox: Outbox) -> None:
+    outbox.record(_item("1"), now=0)
+    outbox.record(_item("2"), now=0)
+    outbox.confirm([(i.id, 1) for i in outbox.claim_batch(10_000, now=1)], now=1)
+    outbox.manifest_result("1.2.3", complete=False, resend=["2"], received=1, expected=2,
+                           posted_at=40)  # fmt: skip
+    assert _states(outbox) == {"1": CONFIRMED, "2": PENDING}
+    outbox.confirm([(i.id, 1) for i in outbox.claim_batch(10_000, now=41)], now=41)
+    outbox.manifest_result("1.2.3", complete=True, resend=[], received=2, expected=2,
+                           posted_at=80)  # fmt: skip
+    assert outbox.progress("1.2.3")[0].state == COMPLETE
+    outbox.record(_item("3"), now=90)
+    assert outbox.progress("1.2.3")[0].state == RECEIVING
+
+
+def test_commitment_lookups(outbox: Outbox) -> None:
+    outbox.record(_item("1"))
+    outbox.record(_item("2"))
+    batch = outbox.claim_batch(10_000)
+    outbox.confirm([(batch[0].id, 1)])
+    assert outbox.confirmed_classes(["1", "2", "3"]) == {"1": "1.2.840.10008.5.1.4.1.1.2"}
+    assert outbox.known_instances(["1", "2", "3"]) == {"1": CONFIRMED, "2": "sending"}
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [(SpoolFull("x"), 0xA700), (SpoolUnavailable("x"), 0xA701),
+     (InvalidInstance("x"), 0xC000), (RuntimeError("x"), 0x0110)],
+)  # fmt: skip
+def test_store_status_table(exc: Exception, status: int) -> None:
+    assert status_for(exc) == status
+    assert set(STORE_STATUS.values()) <= {0xA700, 0xA701, 0xA900, 0xC000}
+
+
+def test_calling_ae_policy() -> None:
+    policy = CallingAePolicy()
+    assert policy.as_required_list() == [""]  # nobody, until modalities are listed
+    policy.update({"CT1 "})
+    assert policy.as_required_list() == ["CT1"]
+    policy.update(set(), accept_any=True)
+    assert policy.as_required_list() == []  # pynetdicom: any calling AE title
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    rng = random.Random(7)
+    delays = [backoff_delay(n, 1.0, 60.0, rng) for n in range(12) for _ in range(20)]
+    assert min(delays) >= 0.5
+    assert max(delays) <= 60.0
+    late = [backoff_delay(10, 1.0, 60.0, rng) for _ in range(200)]
+    early = [backoff_delay(0, 1.0, 60.0, rng) for _ in range(200)]
+    assert sum(late) / 200 > 10 * sum(early) / 200
