@@ -5,7 +5,6 @@ dcmtk's storescu to the gateway that ``serve`` runs, complete at the centre, byt
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from sqlalchemy import select
 from telerad.demo import generate_ct_study, write_ct_study
 from telerad.storage import Instance, create_catalog_engine, open_object_store, session_factory
 from tests.dcmtk import dcmtk
+from tests.dicom_gateway.conftest import dataset_bytes
 
 ADMIN_PASSWORD = "first admin password"
 USER_PASSWORD = "radiographer password"
@@ -49,10 +49,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     env["TELERAD_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     env["TELERAD_GATEWAY__STATUS_PORT"] = "0"
     env["TELERAD_GATEWAY__STABLE_SECONDS"] = "2"
+    log = (tmp_path / "serve.log").open("w")  # a file, not a pipe nobody reads (it would fill)
     process = subprocess.Popen(
         [sys.executable, "-m", "telerad.cli", "serve", "--data-dir", str(tmp_path / "data"),
          "--http-port", str(port), "--dicom-port", str(dicom_port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -68,7 +69,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
         yield base, tmp_path / "data", process
     finally:
         process.terminate()
-        process.wait(timeout=20)
+        process.wait(timeout=60)
+        log.close()
 
 
 def _login(base: str, username: str, password: str) -> str:
@@ -172,16 +174,16 @@ def test_storescu_300_slice_ct_arrives_complete_and_identical(
 
     client = _client(base, token)
     assert len(client.search_for_instances(study_instance_uid=study_uid)) == 300
-    originals = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    originals = sorted(dataset_bytes(p.read_bytes()) for p in files)
     engine = create_catalog_engine(f"sqlite:///{data_dir / 'telerad.db'}")
     objects = open_object_store("filesystem", root=data_dir / "objects")
     try:
         with session_factory(engine)() as session:
             keys = session.scalars(select(Instance.object_key)).all()
-        stored = {hashlib.sha256(objects.get(key)).hexdigest() for key in keys}
+        stored = sorted(dataset_bytes(objects.get(key)) for key in keys)
     finally:
         engine.dispose()
-    assert stored == originals  # every byte: attributes and pixel data identical
+    assert stored == originals  # every attribute and the pixel data, byte for byte
 
 
 def test_demo_send_reaches_the_centre(

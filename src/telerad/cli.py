@@ -122,6 +122,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from telerad.viewer_api.services import quiet_patient_data_loggers
 
     quiet_patient_data_loggers()
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # INFO is a line per message
     settings = _settings(args)
     config = settings.gateway
     if not config.centre_url or config.site_token is None:

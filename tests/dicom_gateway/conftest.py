@@ -3,6 +3,7 @@ dcmtk's tools (not pynetdicom's console scripts of the same names)."""
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import uvicorn
 
@@ -21,6 +23,16 @@ from telerad.viewer_api import Services, create_app
 from telerad.viewer_api.services import build_services
 from telerad.worklist import add_modality, create_site, create_site_token, site_by_name
 from tests.dcmtk import dcmtk  # noqa: F401 - re-exported for the tests
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """The encoded data set after the File Meta group (PS3.10 §7.1). Through DIMSE only the data
+    set travels; the receiver writes its own File Meta (implementation UID and name), so this is
+    what "unchanged" means for an instance sent over DICOM."""
+    stream = io.BytesIO(data)
+    pydicom.filereader.read_preamble(stream, False)
+    pydicom.filereader._read_file_meta_info(stream)
+    return data[stream.tell() :]
 
 
 def free_port() -> int:

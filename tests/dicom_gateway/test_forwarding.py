@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from telerad.storage import Instance
 from tests.conftest import catalog_url
 from tests.dcmtk import dcmtk
 from tests.dicom_gateway.conftest import (
+    dataset_bytes,
     gateway_settings,
     live_centre,
     running_gateway,
@@ -46,10 +46,19 @@ def centre_hashes(services, study_uid: str) -> dict[str, str]:
     return dict(rows)
 
 
+def centre_objects(services, hashes: dict[str, str]) -> list[bytes]:
+    """The stored objects of these instances, read back from the centre's object store."""
+    with services.sessions() as session:
+        keys = session.scalars(
+            select(Instance.object_key).where(Instance.sop_instance_uid.in_(list(hashes)))
+        ).all()
+    return [services.objects.get(key) for key in keys]
+
+
 @pytest.mark.parametrize("kind", ["sqlite"])
 def test_storescu_study_reaches_the_centre_unchanged(kind: str, tmp_path: Path) -> None:
     files = write_ct_study(tmp_path / "ct", slices=20)
-    originals = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    originals = sorted(dataset_bytes(p.read_bytes()) for p in files)
     with catalog_url(kind, tmp_path) as url, live_centre(url, tmp_path) as centre:
         settings = gateway_settings(tmp_path / "gw")
         with running_gateway(settings, centre.url, centre.site_token) as gateway:
@@ -61,4 +70,7 @@ def test_storescu_study_reaches_the_centre_unchanged(kind: str, tmp_path: Path) 
             )
             progress = wait_for(lambda: (p := gateway.outbox.progress(study_uid)[0]).complete and p)
     assert progress.received == progress.confirmed == 20
-    assert sorted(hashes.values()) == sorted(originals.values())
+    stored = sorted(
+        dataset_bytes(gateway_bytes) for gateway_bytes in centre_objects(centre.services, hashes)
+    )
+    assert stored == originals  # every attribute and the pixel data, byte for byte

@@ -7,7 +7,6 @@ forwarder sends, and test_forwarding checks that the centre stores those bytes u
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pynetdicom import AE, _config
 
 from telerad.dicom_gateway import Gateway
 from telerad.dicom_gateway.outbox import OutboxItem
-from tests.dicom_gateway.conftest import free_port, gateway_settings, running_gateway
+from tests.dicom_gateway.conftest import dataset_bytes, free_port, gateway_settings, running_gateway
 
 REFUSALS = {0xC000, 0xA900}
 
@@ -46,14 +45,6 @@ def _meta(path: Path) -> pydicom.Dataset | None:
         return pydicom.dcmread(path, stop_before_pixels=True).file_meta
     except Exception:
         return None
-
-
-def _dataset_bytes(data: bytes) -> bytes:
-    """The bytes after the File Meta group (PS3.10 §7.1)."""
-    stream = io.BytesIO(data)
-    pydicom.filereader.read_preamble(stream, False)
-    pydicom.filereader._read_file_meta_info(stream)
-    return data[stream.tell() :]
 
 
 def _rows(gateway: Gateway) -> list[OutboxItem]:
@@ -95,13 +86,13 @@ def test_every_pydicom_test_file_is_kept_unchanged_or_refused_precisely(
         result = _send(path, gateway.dicom_port)
         after = [item for item in _rows(gateway) if item.id not in before]
         if result == 0x0000:
-            original = _dataset_bytes(path.read_bytes())
+            original = dataset_bytes(path.read_bytes())
             stored = [gateway.spool.read(item.path) for item in after]
             if not stored:  # the same content was already received from another test file
                 outcomes["duplicate"] += 1
                 continue
             assert len(stored) == 1, path.name
-            assert _dataset_bytes(stored[0]) == original, path.name
+            assert dataset_bytes(stored[0]) == original, path.name
             outcomes["accepted"] += 1
         elif isinstance(result, int):
             assert result in REFUSALS, f"{path.name}: {result:#06x}"
