@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -101,18 +102,24 @@ def test_manifest_answers_what_is_missing_and_mismatched(shared_api: Api) -> Non
     assert (body["missing"], body["mismatched"], body["completed_at"]) == ([absent], [second], None)
 
 
-def test_manifest_before_the_instances_then_stow_completes(shared_api: Api) -> None:
+def test_manifest_before_the_instances_then_stow_completes(
+    shared_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     instances = ct_instances(3)
     study_uid, entries = manifest_of(instances)
 
     before = put_manifest(shared_api, study_uid, entries)
-    stow(shared_api, instances)
+    with caplog.at_level(logging.INFO, logger="telerad.viewer_api.routes.stow"):
+        stow(shared_api, instances)
 
     assert before.status_code == 200, before.text
     assert before.json()["missing"] == sorted(entries)
     after = get_status(shared_api, study_uid)
     assert after.status_code == 200, after.text
     assert (after.json()["complete"], after.json()["received"]) == (True, 3)
+    assert [r.getMessage() for r in caplog.records if "complete" in r.getMessage()] == [
+        f"study {study_uid} complete"
+    ]
 
 
 def test_gzip_coded_manifest_is_accepted(shared_api: Api) -> None:

@@ -150,6 +150,8 @@ async def _store_part(
         logger.info("STOW failure %s for %s: %s", hex(code), sop_instance or "-", exc)
     else:
         stored.append(result)
+        if result.completed_study:  # worklist intake will create the reading task here
+            logger.info("study %s complete", result.study_uid)
 
 
 def _boundary(content_type: str) -> str:
