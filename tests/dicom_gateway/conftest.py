@@ -96,7 +96,7 @@ def gateway_settings(directory: Path, **gateway: Any) -> Settings:
     options.update(gateway)
     return Settings(
         data_dir=directory,
-        dicom={"host": "127.0.0.1", "port": free_port(), "ae_title": "GATEWAY"},
+        dicom={"host": "127.0.0.1", "port": free_port(), "ae_title": "GATEWAY", "workers": 1},
         gateway=options,
     )
 

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from telerad.dicom_gateway.outbox import Outbox
 from telerad.dicom_gateway.receiver import Receiver
 from telerad.dicom_gateway.scp import CallingAePolicy, FastAssociationServer, start_scp
 from telerad.dicom_gateway.spool import Spool
+from telerad.dicom_gateway.workers import start_workers, stop_workers
 from telerad.settings import ModalityAddress, Settings
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Gateway:
         self._stop = threading.Event()
         self._site_thread: threading.Thread | None = None
         self._fetched = False
+        self._workers: list[BaseProcess] = []
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -109,6 +112,8 @@ class Gateway:
         if scp:
             self.server = start_scp(self.settings.dicom, self.receiver, self.committer,
                                     self.policy)  # fmt: skip
+            extra = (self.settings.dicom.workers or os.cpu_count() or 1) - 1
+            self._workers = start_workers(self.settings, extra) if extra > 0 else []
         if self.policy.accept_any:
             logger.warning(
                 "DEVELOPMENT MODE: the DICOM listener accepts ANY calling AE title; "
@@ -120,6 +125,7 @@ class Gateway:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()  # also closes the socket
+        stop_workers(self._workers)
         self.forwarder.stop()
         self.completeness.stop()
         self.committer.stop()
