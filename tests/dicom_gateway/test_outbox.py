@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -151,3 +152,21 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     late = [backoff_delay(10, 1.0, 60.0, rng) for _ in range(200)]
     early = [backoff_delay(0, 1.0, 60.0, rng) for _ in range(200)]
     assert sum(late) / 200 > 10 * sum(early) / 200
+
+
+def test_part10_header_is_pynetdicoms_file_meta() -> None:
+    """Our hand-encoded File Meta equals the one pynetdicom/pydicom would write."""
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    from telerad.dicom_gateway.scp import part10
+
+    uids = ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.4.80")
+    expected = io.BytesIO()
+    meta = create_file_meta(sop_class_uid=uids[0], sop_instance_uid=uids[1],
+                            transfer_syntax=uids[2])  # fmt: skip
+    write_file_meta_info(expected, meta)
+    data = part10(b"\x08\x00", *uids)
+    assert data[:132] == b"\0" * 128 + b"DICM"
+    assert data[132:-2] == expected.getvalue()
+    assert data[-2:] == b"\x08\x00"
