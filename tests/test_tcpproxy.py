@@ -385,9 +385,12 @@ def test_unreachable_target_resets_the_client() -> None:
         unused.bind(("127.0.0.1", 0))
         closed_port = unused.getsockname()[1]  # bound, not listening: connections are refused
         # under load the reset can arrive before connect() returns: either way it is a reset
-        with TcpProxy("127.0.0.1", closed_port) as proxy, pytest.raises(ConnectionResetError):
-            with connect(proxy) as sock:
-                sock.recv(1)
+        with (
+            TcpProxy("127.0.0.1", closed_port) as proxy,
+            pytest.raises(ConnectionResetError),
+            connect(proxy) as sock,
+        ):
+            sock.recv(1)
 
 
 # -- lifecycle and arguments ------------------------------------------------------------------
