@@ -17,11 +17,13 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -120,6 +122,19 @@ class GatewayProcess:
         self.process.wait(timeout=30)
         self.process = None
 
+    def listening(self, timeout: float = 5.0) -> bool:
+        """Does anything still accept on the DICOM port ``timeout`` seconds on? After a kill
+        nothing may: the SCP worker processes die with the gateway (``PR_SET_PDEATHSIG``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.dicom_port), timeout=1).close()
+            except OSError:
+                return False
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(0.05)
+
     def stop(self) -> None:
         """SIGTERM, as a service manager stops it; SIGKILL if it does not stop in time."""
         if self.process is None:
@@ -195,6 +210,30 @@ def storescu(port: int, files: list[Path], *, halt: bool = True, timeout: float 
     return StoreRun(result.returncode, store_statuses(log), log)
 
 
+def wait_for_responses(
+    log: Path, count: int, sender: subprocess.Popen[bytes], timeout: float = 60.0
+) -> int:
+    """Follow a running storescu's log until it holds ``count`` C-STORE responses, or storescu
+    has ended; returns how many responses it holds. dcmtk logs to stderr, unbuffered, so the log
+    file is current to the line."""
+    marker = b"D: DIMSE Status"
+    seen = 0
+    tail = b""
+    deadline = time.monotonic() + timeout
+    with log.open("rb") as stream:
+        while seen < count and time.monotonic() < deadline:
+            chunk = stream.read()
+            if not chunk:
+                if sender.poll() is not None:
+                    break
+                time.sleep(0.002)
+                continue
+            text = tail + chunk
+            seen += text.count(marker)
+            tail = text[-(len(marker) - 1) :] if not text.endswith(marker) else b""
+    return seen
+
+
 def store_statuses(log: str) -> dict[Path, int]:
     """File → DIMSE status of its C-STORE response, from a ``storescu -d`` log; files without
     a response (the association ended first) are absent."""
@@ -234,7 +273,7 @@ def outbox_rows(gateway_dir: Path) -> list[dict[str, Any]]:
     database = gateway_dir / "outbox.db"
     if not database.exists():
         return []
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as db:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as db:
         db.row_factory = sqlite3.Row
         rows = db.execute(
             "SELECT id, sop_instance_uid, study_uid, path, size, sha256, state, attempts"
@@ -248,7 +287,7 @@ def outbox_studies(gateway_dir: Path) -> dict[str, str]:
     database = gateway_dir / "outbox.db"
     if not database.exists():
         return {}
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as db:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as db:
         return dict(db.execute("SELECT study_uid, state FROM studies").fetchall())
 
 
@@ -272,9 +311,7 @@ def centre_view(services: Services) -> CentreView:
     """Read the centre's instance rows, rejected copies and stored objects."""
     with services.sessions() as session:
         rows = session.execute(
-            select(
-                Instance.sop_instance_uid, Study.study_uid, Instance.sha256, Instance.object_key
-            )
+            select(Instance.sop_instance_uid, Study.study_uid, Instance.sha256, Instance.object_key)
             .join(Series, Instance.series_pk == Series.id)
             .join(Study, Series.study_pk == Study.id)
         ).all()
@@ -289,8 +326,11 @@ def centre_view(services: Services) -> CentreView:
     )
 
 
-def centre_complete(services: Services, study_uid: str, expected: int) -> bool:
-    """The centre holds the study's latest manifest, of ``expected`` instances, complete."""
+def centre_complete(services: Services, study_uid: str, expected: int | None = None) -> bool:
+    """The centre calls the study complete (its latest manifest, of ``expected`` instances
+    when given, is fulfilled)."""
     with services.sessions() as session:
         state = study_completeness(session, study_uid)
-    return state is not None and state.complete and state.expected == expected
+    if state is None or not state.complete:
+        return False
+    return expected is None or state.expected == expected
