@@ -104,7 +104,16 @@ def _spawn_gateway(
     command = [sys.executable, "-m", "telerad.cli"]
     if getattr(args, "config", None):
         command += ["--config", str(args.config)]
-    return subprocess.Popen([*command, "gateway"], env=env)
+    return subprocess.Popen([*command, "gateway"], env=env, preexec_fn=_stop_with_parent)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM it when ``serve`` dies, however it dies —
+    uvicorn re-raises the signal it caught, so ``serve``'s own clean-up may never run."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop_child(child: subprocess.Popen[bytes]) -> None:

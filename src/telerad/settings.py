@@ -73,6 +73,14 @@ class DicomSettings(BaseModel):
     workers: int = Field(
         default=0, ge=0, le=64, description="SCP processes sharing the port; 0 = one per core"
     )
+    max_associations: int = Field(default=64, ge=1, le=1000)
+    acse_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to wait for an association request/release"
+    )
+    network_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a silent connection is kept (mid-PDU stalls)"
+    )
+    dimse_timeout: float = Field(default=60.0, gt=0)
     tls_certificate: Path | None = Field(default=None, description="PEM certificate: TLS on")
     tls_private_key: Path | None = None
     tls_client_ca: Path | None = Field(

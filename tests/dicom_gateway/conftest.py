@@ -87,8 +87,11 @@ def live_centre(
         services.close()
 
 
-def gateway_settings(directory: Path, **gateway: Any) -> Settings:
-    """Gateway settings for tests: quick stability and backoff, no status page."""
+def gateway_settings(
+    directory: Path, *, dicom: dict[str, Any] | None = None, **gateway: Any
+) -> Settings:
+    """Gateway settings for tests: quick stability and backoff, no status page, one SCP
+    process; ``dicom`` overrides listener settings (timeouts, workers)."""
     options: dict[str, Any] = {
         "stable_seconds": 1.0, "backoff_seconds": 0.2, "backoff_max_seconds": 2.0,
         "status_port": 0, "min_free_bytes": 0, "request_timeout": 20.0,
@@ -96,7 +99,13 @@ def gateway_settings(directory: Path, **gateway: Any) -> Settings:
     options.update(gateway)
     return Settings(
         data_dir=directory,
-        dicom={"host": "127.0.0.1", "port": free_port(), "ae_title": "GATEWAY", "workers": 1},
+        dicom={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "ae_title": "GATEWAY",
+            "workers": 1,
+            **(dicom or {}),
+        },
         gateway=options,
     )
 

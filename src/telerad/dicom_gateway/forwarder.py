@@ -20,10 +20,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from telerad.dicom_gateway.centre import TRANSIENT_REASONS, CentreClient
-from telerad.dicom_gateway.errors import CentreError
+from telerad.dicom_gateway.errors import CentreError, CentreUnavailable
 from telerad.dicom_gateway.outbox import Outbox, OutboxItem
 from telerad.dicom_gateway.spool import Spool
 from telerad.dicom_gateway.wire import transcode_lossless
@@ -107,8 +107,11 @@ class Forwarder:
         )
         try:
             outcome = self.client.store_instances(batch[0].study_uid, parts, gzip=gzip)
-        except CentreError as exc:
-            self._fail_all(batch, str(exc), permanent=False)
+        except CentreUnavailable as exc:  # an outage: retried for as long as it lasts
+            self._fail_all(batch, str(exc), counted=False)
+            return
+        except CentreError as exc:  # refused (token, request): counts toward dead-letter
+            self._fail_all(batch, str(exc), counted=True)
             return
         share = outcome.wire_bytes // max(1, len(batch))
         confirmed = [(i.id, share) for i in batch if i.sop_instance_uid in outcome.stored]
@@ -121,8 +124,9 @@ class Forwarder:
             self.outbox.confirm(confirmed)
         if failures:
             self.outbox.fail(
-                failures, max_attempts=self.settings.max_attempts, backoff=self._backoff(batch)
-            )
+                failures, max_attempts=self.settings.max_attempts, backoff=self._backoff(batch),
+                counted=_counts(outcome.failed.values()),
+            )  # fmt: skip
         logger.info(
             "forwarded %d of %d instances of a study (%d bytes on the wire)",
             len(confirmed), len(batch), outcome.wire_bytes,
@@ -153,12 +157,13 @@ class Forwarder:
         detail = f"centre refused with {reason:#06x}" + (f": {warning[:200]}" if warning else "")
         return item.id, detail, permanent, sent
 
-    def _fail_all(self, batch: Sequence[OutboxItem], error: str, *, permanent: bool) -> None:
+    def _fail_all(self, batch: Sequence[OutboxItem], error: str, *, counted: bool) -> None:
         logger.warning("forwarding %d instances failed: %s", len(batch), error)
         self.outbox.fail(
-            [(item.id, error, permanent, 0) for item in batch],
+            [(item.id, error, False, 0) for item in batch],
             max_attempts=self.settings.max_attempts,
             backoff=self._backoff(batch),
+            counted=counted,
         )
 
     def _backoff(self, batch: Sequence[OutboxItem]) -> float:
@@ -166,6 +171,12 @@ class Forwarder:
         return backoff_delay(
             attempts, self.settings.backoff_seconds, self.settings.backoff_max_seconds, self._rng
         )
+
+
+def _counts(reasons: Iterable[int]) -> bool:
+    """A centre out of resources (0xA7xx) is an outage, not a fault of the instances."""
+    listed = list(reasons)
+    return not listed or any(reason & 0xFF00 != 0xA700 for reason in listed)
 
 
 class Completeness:

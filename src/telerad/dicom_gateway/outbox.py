@@ -312,12 +312,15 @@ class Outbox:
         *,
         max_attempts: int,
         backoff: float,
+        counted: bool = True,
         now: float | None = None,
     ) -> None:
-        """Count a failed attempt per ``(id, error, permanent, bytes_sent)``.
+        """Record a failed attempt per ``(id, error, permanent, bytes_sent)``.
 
-        A permanent refusal (the centre can never store it) or the last allowed attempt makes
-        the row ``dead``; otherwise it is pending again after ``backoff`` seconds.
+        A permanent refusal (the centre can never store it) makes the row ``dead``; so does the
+        last allowed attempt, unless ``counted`` is false: the centre was unreachable, which
+        says nothing about the instance, and an outage of any length must not dead-letter what
+        the modality was told is stored. Otherwise the row is pending again after ``backoff``.
         """
         now = time.time() if now is None else now
         with self._write() as db:
@@ -325,10 +328,11 @@ class Outbox:
                 db.execute(
                     "UPDATE instances SET attempts = attempts + 1, last_error = ?,"
                     " bytes_sent = bytes_sent + ?, lease_until = NULL, next_attempt_at = ?,"
-                    " state = CASE WHEN ? OR attempts + 1 >= ? THEN 'dead' ELSE 'pending' END"
-                    " WHERE id = ?",
-                    (error[:500], sent, now + backoff, permanent, max_attempts, item_id),
-                )
+                    " state = CASE WHEN ? OR (? AND attempts + 1 >= ?) THEN 'dead'"
+                    " ELSE 'pending' END WHERE id = ?",
+                    (error[:500], sent, now + backoff, permanent, counted, max_attempts,
+                     item_id),
+                )  # fmt: skip
 
     def release(self, ids: Sequence[int]) -> None:
         """Give claimed rows back untouched (the gateway is stopping)."""
@@ -370,13 +374,18 @@ class Outbox:
     def studies_due_for_manifest(
         self, stable_seconds: float, now: float | None = None
     ) -> list[str]:
-        """Studies quiet for ``stable_seconds`` whose instances are all confirmed or dead."""
+        """Studies quiet for ``stable_seconds`` whose instances are all confirmed.
+
+        A study with a dead-lettered instance gets no manifest: the modality was told that
+        instance is stored, so the study must not be called complete without it; it waits,
+        visible in the status, until the instance is retried (:meth:`retry`) and confirmed.
+        """
         now = time.time() if now is None else now
         rows = self._read(
             "SELECT s.study_uid FROM studies s WHERE s.state = 'receiving'"
             " AND s.last_received_at <= ? AND s.next_manifest_at <= ?"
             " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid"
-            " AND i.state IN ('pending', 'sending'))"
+            " AND i.state IN ('pending', 'sending', 'dead'))"
             " AND EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid"
             " AND i.state = 'confirmed')"
             " ORDER BY s.priority DESC, s.last_received_at",

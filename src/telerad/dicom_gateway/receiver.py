@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from telerad.dicom_gateway.errors import RequestMismatch, SpoolUnavailable
+from telerad.dicom_gateway.errors import RequestMismatch, SpoolFull, SpoolUnavailable
 from telerad.dicom_gateway.outbox import ROUTINE, Outbox, Received
 from telerad.dicom_gateway.spool import Spool
 from telerad.storage import check_instance
@@ -75,6 +75,8 @@ class Receiver:
             new = self.outbox.record(item)
         except sqlite3.Error as exc:
             self.spool.remove(relative)
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise SpoolFull("the outbox disk is full") from exc
             raise SpoolUnavailable(f"outbox not writable: {exc}") from exc
         except BaseException:
             self.spool.remove(relative)

@@ -217,6 +217,9 @@ class FastAssociationServer(ThreadedAssociationServer):
         assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # accept() returns a blocking socket whatever the listener's timeout: without this a
+        # peer that stalls mid-PDU would hold its thread and association slot for ever
+        client.settimeout(self.ae.network_timeout)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True)
         return client, address
@@ -241,10 +244,10 @@ def build_ae(settings: DicomSettings, policy: CallingAePolicy) -> GatewayAE:
     ae = GatewayAE(ae_title=settings.ae_title)
     ae.policy = policy
     ae.maximum_pdu_size = settings.max_pdu
-    ae.maximum_associations = 64
-    ae.network_timeout = 60
-    ae.dimse_timeout = 60
-    ae.acse_timeout = 30
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.acse_timeout = settings.acse_timeout
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])

@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from telerad.storage import (
     IngestError,
@@ -121,6 +122,13 @@ async def _store(
         failed.append(Failure("", "", PROCESSING_FAILURE, str(exc)))
         await run_in_threadpool(_audit, services, principal, address, stored, failed)
         raise ContentTooLarge(f"{exc}; {len(stored)} instance(s) stored before it") from exc
+    except ClientDisconnect:
+        # the sender went away mid-body (a gateway killed or cut off): what arrived whole is
+        # stored and audited; nobody is left to answer
+        failed.append(Failure("", "", PROCESSING_FAILURE, "client disconnected"))
+        logger.warning("STOW body cut off by the client after %d stored", len(stored))
+        await run_in_threadpool(_audit, services, principal, address, stored, failed)
+        return JSONResponse({}, status_code=400)
     if not stored and not failed:
         raise BadRequest("the request has no body part")
     await run_in_threadpool(_audit, services, principal, address, stored, failed)
