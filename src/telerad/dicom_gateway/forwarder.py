@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from telerad.dicom_gateway.centre import TRANSIENT_REASONS, CentreClient
 from telerad.dicom_gateway.errors import CentreError, CentreUnavailable
 from telerad.dicom_gateway.outbox import Outbox, OutboxItem
-from telerad.dicom_gateway.spool import Spool
+from telerad.dicom_gateway.spool import WIRE_SUFFIX, Spool
 from telerad.dicom_gateway.wire import transcode_lossless
 from telerad.settings import GatewaySettings
 
@@ -144,7 +144,7 @@ class Forwarder:
         if encoded is None:
             self.outbox.set_wire(item.id, None, item.sha256, item.size)
             return data, False
-        wire_path = self.spool.write(encoded, suffix=".jls.dcm")
+        wire_path = self.spool.write(encoded, suffix=WIRE_SUFFIX)
         self.outbox.set_wire(item.id, wire_path, hashlib.sha256(encoded).hexdigest(), len(encoded))
         return encoded, True
 

@@ -16,8 +16,12 @@ centre treats a re-send of the same bytes as success, so nothing is lost and not
 Studies move ``receiving`` → (stable, all confirmed) manifest posted → ``complete``; an instance
 arriving later re-opens the study (``receiving``) and a new manifest follows.
 
-SQLite in WAL mode with ``synchronous=FULL``: a commit is durable when it returns. Each thread
-has its own connection; several SCP processes may share the file.
+SQLite in WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed at
+once, and the machine losing power at worst undoes the last commits — which costs nothing: the
+fsynced spool file is the durable record and is indexed again at start-up
+(:meth:`telerad.dicom_gateway.receiver.Receiver.reindex`), and a confirmation lost that way only
+means one more (idempotent) send. Each thread has its own connection; several SCP processes
+may share the file.
 """
 
 from __future__ import annotations
@@ -172,7 +176,7 @@ class Outbox:
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             self._local.db = db
             with self._lock:

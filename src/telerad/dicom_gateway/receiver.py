@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from telerad.dicom_gateway.errors import RequestMismatch, SpoolFull, SpoolUnavailable
 from telerad.dicom_gateway.outbox import ROUTINE, Outbox, Received
 from telerad.dicom_gateway.spool import Spool
-from telerad.storage import check_instance
+from telerad.storage import InstanceHeader, InvalidInstance, check_instance
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,30 @@ class Receiver:
         if self.outbox.known_sha256(header.sop_instance_uid, sha256):
             return False
         relative = self.spool.write(data)
+        return self._record(relative, data, header, sha256, request)
+
+    def reindex(self, relative: str) -> bool:
+        """Index a complete spool file no outbox row names (left by a crash after its rename:
+        the modality may have been told it is stored). Unusable files are removed."""
+        data = self.spool.read(relative)
+        try:
+            header = check_instance(data)
+        except InvalidInstance:
+            logger.warning("removed unreadable spool file %s", relative)
+            self.spool.remove(relative)
+            return False
+        sha256 = hashlib.sha256(data).hexdigest()
+        request = StoreRequest("(recovered)", header.sop_class_uid, header.sop_instance_uid)
+        return self._record(relative, data, header, sha256, request)
+
+    def _record(
+        self,
+        relative: str,
+        data: bytes,
+        header: InstanceHeader,
+        sha256: str,
+        request: StoreRequest,
+    ) -> bool:
         item = Received(
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,

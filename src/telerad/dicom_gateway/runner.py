@@ -90,11 +90,12 @@ class Gateway:
     def recover(self) -> None:
         """Undo what a killed process left half done (see the module docstring)."""
         requeued = self.outbox.recover()
-        swept = self.spool.sweep(self.outbox.spooled_paths())
+        orphans = self.spool.unreferenced(self.outbox.spooled_paths())
+        indexed = sum(self.receiver.reindex(relative) for relative in orphans)
         counts = self.outbox.counts()
         logger.info(
-            "gateway outbox: %s; %d in-flight requeued, %d stray spool files removed",
-            counts, requeued, swept,
+            "gateway outbox: %s; %d in-flight requeued, %d spool files indexed again",
+            counts, requeued, indexed,
         )  # fmt: skip
 
     def start(self, *, scp: bool = True) -> None:

@@ -1,10 +1,16 @@
 """The spool: received instances as files, durable before anyone is told they are stored.
 
-A file is written under a fresh name, fsynced, and its directory fsynced, before the outbox row
-that names it is committed; a crash in between leaves a file no row names, which
-:meth:`Spool.sweep` removes at the next start. Free space is checked before writing: below the
-watermark the SCP answers 0xA700 (Refused: Out of Resources) and writes nothing, and a write that
-still fails for lack of space removes its partial file.
+The spool file is the durable record of a received instance; the outbox row is its index. A file
+is written under a temporary ``.part`` name, fsynced, renamed to its final name and its
+directory fsynced — only then is the outbox row committed and C-STORE success sent. A final-named
+file is therefore always complete, and one that no row names (the process or the machine died
+between the rename and the commit, or the commit was lost with the power: the outbox syncs
+with ``synchronous=NORMAL``) is indexed again at the next start (:meth:`Spool.unreferenced`);
+``.part`` files and unreferenced wire forms are removed.
+
+Free space is checked before writing: below the watermark the SCP answers 0xA700 (Refused: Out
+of Resources) and writes nothing, and a write that still fails for lack of space removes its
+partial file.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from pathlib import Path
 from telerad.dicom_gateway.errors import SpoolFull, SpoolUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+PARTIAL = ".part"
+#: Suffix of the forms prepared for the wire (the forwarder can always make them again).
+WIRE_SUFFIX = ".wire.dcm"
 
 
 class Spool:
@@ -47,10 +58,13 @@ class Spool:
         directory.mkdir(exist_ok=True)
         relative = f"{day}/{uuid.uuid4().hex}{suffix}"
         path = self.root / relative
+        partial = path.with_name(path.name + PARTIAL)
         try:
-            _write_synced(path, data)
+            _write_synced(partial, data)
+            os.rename(partial, path)
             _fsync_directory(directory)
         except OSError as exc:
+            partial.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull("the spool disk is full") from exc
@@ -69,18 +83,24 @@ class Spool:
         """Delete a spooled file (after the centre confirmed it and retention allows)."""
         (self.root / relative).unlink(missing_ok=True)
 
-    def sweep(self, referenced: Iterable[str]) -> int:
-        """Remove files no outbox row names (left by a crash between write and commit)."""
+    def unreferenced(self, referenced: Iterable[str]) -> list[str]:
+        """Tidy up after a crash: remove ``.part`` files and wire forms no row names, and
+        return the complete received files no row names (to be indexed again)."""
         keep = set(referenced)
+        orphans: list[str] = []
         removed = 0
-        for path in self.root.glob("*/*"):
+        for path in sorted(self.root.glob("*/*")):
             relative = f"{path.parent.name}/{path.name}"
-            if relative not in keep:
+            if relative in keep:
+                continue
+            if path.name.endswith(PARTIAL) or path.name.endswith(WIRE_SUFFIX):
                 path.unlink(missing_ok=True)
                 removed += 1
+            else:
+                orphans.append(relative)
         if removed:
-            logger.info("removed %d unreferenced spool files", removed)
-        return removed
+            logger.info("removed %d partial or unreferenced spool files", removed)
+        return orphans
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system."""
