@@ -110,6 +110,17 @@ def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, syntax: st
     return b"\0" * 128 + b"DICM" + length + group + dataset
 
 
+#: pynetdicom's DUL reactor sleeps this long whenever a poll finds nothing (1 ms by default);
+#: every PDU of a C-STORE waits for it, which costs ~15 % of single-association throughput.
+#: An idle association then polls 5000 times a second instead of 1000: a few % of a core.
+DUL_POLL_SECONDS = 0.0002
+
+
+def handle_connection_open(event: evt.Event) -> None:
+    """Shorten the new association's DUL polling delay (:data:`DUL_POLL_SECONDS`)."""
+    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+
+
 def handle_echo(event: evt.Event) -> int:
     """C-ECHO (PS3.4 A.4): always 0x0000 Success."""
     return 0x0000
@@ -264,6 +275,7 @@ def start_scp(
     """Start listening (non-blocking); ``server.shutdown()`` stops it."""
     ae = build_ae(settings, policy)
     handlers: list[tuple[Any, Callable[..., Any], list[Any]] | tuple[Any, Callable[..., Any]]] = [
+        (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [receiver]),
         (evt.EVT_N_ACTION, handle_commitment, [committer]),
