@@ -30,6 +30,7 @@ from telerad.dicom_gateway.wire import transcode_lossless
 from telerad.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
+OUTAGE_PROBE_SECONDS = 10.0
 
 
 def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
@@ -162,9 +163,13 @@ class Forwarder:
         self.outbox.fail(
             [(item.id, error, False, 0) for item in batch],
             max_attempts=self.settings.max_attempts,
-            backoff=self._backoff(batch),
+            # an unreachable centre is probed at least every OUTAGE_PROBE_SECONDS, so that
+            # forwarding resumes soon after the link returns, however long it was down
+            backoff=self._backoff(batch) if counted else min(
+                self._backoff(batch), OUTAGE_PROBE_SECONDS
+            ),
             counted=counted,
-        )
+        )  # fmt: skip
 
     def _backoff(self, batch: Sequence[OutboxItem]) -> float:
         attempts = max(item.attempts for item in batch)
