@@ -128,6 +128,12 @@ class GatewaySettings(BaseModel):
     commitment_timeout: float = Field(
         default=3600.0, gt=0, description="longest wait before a Storage Commitment reply"
     )
+    retention_hours: float = Field(
+        default=168.0,
+        ge=0,
+        description="keep spooled files this long after the study is "
+        "complete at the centre (for re-sends and local query/retrieve)",
+    )
     status_host: str = "127.0.0.1"
     status_port: int = Field(default=8081, ge=0, le=65535, description="0 = no status page")
 

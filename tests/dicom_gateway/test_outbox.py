@@ -170,3 +170,32 @@ def test_part10_header_is_pynetdicoms_file_meta() -> None:
     assert data[:132] == b"\0" * 128 + b"DICM"
     assert data[132:-2] == expected.getvalue()
     assert data[-2:] == b"\x08\x00"
+
+
+def test_retention_purges_only_complete_studies_and_blocks_resend(tmp_path: Path) -> None:
+    from telerad.dicom_gateway.forwarder import Completeness
+    from telerad.dicom_gateway.spool import Spool
+    from telerad.settings import GatewaySettings
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    spool = Spool(tmp_path, min_free_bytes=0)
+    paths = {}
+    for uid, study in (("1", "1.2.3"), ("2", "1.2.9")):
+        relative = spool.write(b"data" + uid.encode())
+        paths[uid] = relative
+        item = _item(uid, study)
+        outbox.record(Received(*[relative if f == "path" else getattr(item, f)
+                                 for f in Received.__slots__]), now=0)  # fmt: skip
+    outbox.confirm([(i.id, 1) for i in outbox.claim_batch(10_000, now=1)], now=1)
+    outbox.confirm([(i.id, 1) for i in outbox.claim_batch(10_000, now=1)], now=1)
+    outbox.manifest_result("1.2.3", complete=True, resend=[], received=1, expected=1,
+                           posted_at=10)  # fmt: skip
+    loop = Completeness(outbox, None, GatewaySettings(retention_hours=1), spool)  # type: ignore[arg-type]
+    assert loop.purge(now=10 + 1800) == 0  # complete for half an hour: kept
+    assert loop.purge(now=10 + 3601) == 1
+    assert not spool.path(paths["1"]).exists() and spool.path(paths["2"]).exists()
+    assert paths["1"] not in outbox.spooled_paths()
+    outbox.manifest_result("1.2.3", complete=False, resend=["1"], received=0, expected=1,
+                           posted_at=4000)  # fmt: skip
+    assert _states(outbox) == {"1": DEAD}  # cannot be re-sent from a purged spool
+    outbox.close()

@@ -185,12 +185,20 @@ def _counts(reasons: Iterable[int]) -> bool:
 
 
 class Completeness:
-    """The manifest loop: edge stability → manifest → complete, or re-send what is missing."""
+    """The manifest loop: edge stability → manifest → complete, or re-send what is missing;
+    and retention: spooled files of complete studies are removed after ``retention_hours``."""
 
-    def __init__(self, outbox: Outbox, client: CentreClient, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: CentreClient,
+        settings: GatewaySettings,
+        spool: Spool | None = None,
+    ) -> None:
         self.outbox = outbox
         self.client = client
         self.settings = settings
+        self.spool = spool
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
@@ -215,12 +223,28 @@ class Completeness:
             self._stop.wait(min(1.0, self.settings.stable_seconds / 4))
 
     def run_once(self, now: float | None = None) -> int:
-        """Post the manifest of every study that is due; returns how many were posted."""
+        """Post the manifest of every study that is due; returns how many were posted.
+        Then remove spooled files past retention."""
         now = time.time() if now is None else now
+        self.purge(now)
         studies = self.outbox.studies_due_for_manifest(self.settings.stable_seconds, now)
         for study_uid in studies:
             self.post(study_uid, now)
         return len(studies)
+
+    def purge(self, now: float) -> int:
+        """Delete spool files of studies complete for longer than ``retention_hours``."""
+        if self.spool is None:
+            return 0
+        rows = self.outbox.purgeable(now - self.settings.retention_hours * 3600)
+        for _, path, wire_path in rows:
+            self.spool.remove(path)
+            if wire_path:
+                self.spool.remove(wire_path)
+        if rows:
+            self.outbox.mark_purged([item_id for item_id, _, _ in rows], now)
+            logger.info("removed %d spooled instances past retention", len(rows))
+        return len(rows)
 
     def post(self, study_uid: str, now: float) -> None:
         """Post one manifest and record the answer."""

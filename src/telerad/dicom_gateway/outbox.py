@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS instances (
     wire_sha256 TEXT,
     wire_size INTEGER,
     bytes_sent INTEGER NOT NULL DEFAULT 0,
+    purged_at REAL,
     confirmed_at REAL,
     UNIQUE (sop_instance_uid, sha256)
 );
@@ -243,11 +244,6 @@ class Outbox:
                 ),
             )  # fmt: skip
             return cursor.rowcount == 1
-
-    def spooled_paths(self) -> set[str]:
-        """Every spool path an instance row refers to (originals and wire forms)."""
-        rows = self._read("SELECT path, wire_path FROM instances")
-        return {p for row in rows for p in row if p}
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -433,10 +429,40 @@ class Outbox:
                 ),
             )  # fmt: skip
             db.executemany(
-                "UPDATE instances SET state = 'pending', next_attempt_at = 0"
+                "UPDATE instances SET state = CASE WHEN purged_at IS NULL THEN 'pending'"
+                " ELSE 'dead' END, last_error = CASE WHEN purged_at IS NULL THEN last_error"
+                " ELSE 'the centre lacks it and the spool copy is past retention' END,"
+                " next_attempt_at = 0"
                 " WHERE study_uid = ? AND sop_instance_uid = ? AND state = 'confirmed'",
                 [(study_uid, uid) for uid in resend],
             )
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def purgeable(self, complete_before: float, limit: int = 1000) -> list[tuple[int, str, str]]:
+        """``(id, path, wire_path)`` of spooled files of studies complete at the centre since
+        before ``complete_before`` (the centre is then the archive of record)."""
+        rows = self._read(
+            "SELECT i.id, i.path, coalesce(i.wire_path, '') FROM instances i"
+            " JOIN studies s USING (study_uid) WHERE s.state = 'complete'"
+            " AND s.complete_at < ? AND i.purged_at IS NULL AND i.state = 'confirmed'"
+            " LIMIT ?",
+            (complete_before, limit),
+        )
+        return [(int(i), str(p), str(w)) for i, p, w in rows]
+
+    def mark_purged(self, ids: Sequence[int], now: float | None = None) -> None:
+        """The spool files of these rows are gone."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.executemany(
+                "UPDATE instances SET purged_at = ? WHERE id = ?", [(now, i) for i in ids]
+            )
+
+    def spooled_paths(self) -> set[str]:
+        """Every spool path a row refers to whose file was not purged (originals and wire)."""
+        rows = self._read("SELECT path, wire_path FROM instances WHERE purged_at IS NULL")
+        return {p for row in rows for p in row if p}
 
     def manifest_failed(self, study_uid: str, error: str, retry_at: float) -> None:
         """The manifest could not be posted; try again at ``retry_at``."""

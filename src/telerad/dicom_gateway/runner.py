@@ -78,7 +78,7 @@ class Gateway:
             timeout=gateway.commitment_timeout,
         )  # fmt: skip
         self.forwarder = Forwarder(self.outbox, self.spool, self.client, gateway, wire=self.wire)
-        self.completeness = Completeness(self.outbox, self.client, gateway)
+        self.completeness = Completeness(self.outbox, self.client, gateway, self.spool)
         self.server: FastAssociationServer | None = None
         self._stop = threading.Event()
         self._site_thread: threading.Thread | None = None
