@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydicom import config as pydicom_config
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -24,6 +25,18 @@ from telerad.worklist import create_site, create_site_token, create_user
 POSTGRES_DSN = os.environ.get("TELERAD_TEST_POSTGRES_DSN")
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(autouse=True)
+def _pydicom_validation_restored() -> Iterator[None]:
+    """pydicom's validation modes are process-wide, and a library may leave them changed
+    (dicomweb-client's validation decorator sets RAISE and does not restore it when the
+    wrapped call raises): every test starts from and leaves the defaults."""
+    settings = pydicom_config.settings
+    saved = (settings._reading_validation_mode, settings._writing_validation_mode)
+    settings._reading_validation_mode, settings._writing_validation_mode = None, None
+    yield
+    settings._reading_validation_mode, settings._writing_validation_mode = saved
 
 
 def _postgres_url(schema: str) -> str:
