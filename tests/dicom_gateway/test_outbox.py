@@ -121,8 +121,8 @@ def test_commitment_lookups(outbox: Outbox) -> None:
     outbox.record(_item("2"))
     batch = outbox.claim_batch(10_000)
     outbox.confirm([(batch[0].id, 1)])
-    assert outbox.confirmed_classes(["1", "2", "3"]) == {"1": "1.2.840.10008.5.1.4.1.1.2"}
-    assert outbox.known_instances(["1", "2", "3"]) == {"1": CONFIRMED, "2": "sending"}
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    assert outbox.received_states(["1", "2", "3"]) == {"1": (CONFIRMED, ct), "2": ("sending", ct)}
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from telerad.dicom_gateway.outbox import CONFIRMED, DEAD, Outbox
+from telerad.dicom_gateway.site import Address
 from telerad.storage import is_valid_uid
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 PROCESSING_FAILURE = 0x0110
 RESOURCE_LIMITATION = 0x0213
-
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +126,13 @@ def parse_commitment_request(info: Dataset | None) -> CommitmentItems:
 def decide(items: CommitmentItems, outbox: Outbox, *, final: bool) -> CommitmentResult | None:
     """Committed = confirmed by the centre with the same SOP Class; ``None`` while some are
     still on their way (unless ``final``: then those fail with 0x0213)."""
-    uids = [uid for _, uid in items.references]
-    confirmed = outbox.confirmed_classes(uids)
-    states = outbox.known_instances(uids)
+    received = outbox.received_states([uid for _, uid in items.references])
     committed: list[tuple[str, str]] = []
     failed: list[tuple[str, str, int]] = []
     waiting = False
     for cls, uid in items.references:
-        state = states.get(uid)
-        if state == CONFIRMED and confirmed.get(uid) == cls:
+        state, stored_class = received.get(uid, (None, None))
+        if state == CONFIRMED and stored_class == cls:
             committed.append((cls, uid))
         elif state == CONFIRMED:
             failed.append((cls, uid, CLASS_INSTANCE_CONFLICT))

@@ -480,35 +480,22 @@ class Outbox:
 
     # -- Storage Commitment ------------------------------------------------------------------
 
-    def confirmed_classes(self, sop_instance_uids: Sequence[str]) -> dict[str, str]:
-        """SOP Instance UID → SOP Class UID of those confirmed by the centre."""
-        found: dict[str, str] = {}
-        for start in range(0, len(sop_instance_uids), 500):
-            chunk = list(sop_instance_uids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self._read(
-                "SELECT sop_instance_uid, sop_class_uid FROM instances"  # noqa: S608
-                f" WHERE state = 'confirmed' AND sop_instance_uid IN ({marks})",
-                chunk,
-            )
-            found.update(dict(rows))
-        return found
-
-    def known_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, str]:
-        """SOP Instance UID → state (best state if several versions) of those received."""
+    def received_states(self, sop_instance_uids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """SOP Instance UID → (state, SOP Class UID) of those received; of several versions,
+        the one furthest along (confirmed > sending > pending > dead)."""
         rank = {CONFIRMED: 3, SENDING: 2, PENDING: 1, DEAD: 0}
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, str]] = {}
         for start in range(0, len(sop_instance_uids), 500):
             chunk = list(sop_instance_uids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             rows = self._read(
-                "SELECT sop_instance_uid, state FROM instances"  # noqa: S608
+                "SELECT sop_instance_uid, state, sop_class_uid FROM instances"  # noqa: S608
                 f" WHERE sop_instance_uid IN ({marks})",
                 chunk,
             )
-            for uid, state in rows:
-                if rank[state] >= rank.get(found.get(uid, DEAD), 0):
-                    found[uid] = state
+            for uid, state, sop_class in rows:
+                if uid not in found or rank[state] > rank[found[uid][0]]:
+                    found[uid] = (state, sop_class)
         return found
 
     # -- status ------------------------------------------------------------------------------

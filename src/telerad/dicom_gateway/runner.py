@@ -14,33 +14,24 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from telerad.dicom_gateway.centre import CentreClient
-from telerad.dicom_gateway.commitment import Address, Committer
+from telerad.dicom_gateway.commitment import Committer
 from telerad.dicom_gateway.errors import CentreError
 from telerad.dicom_gateway.forwarder import Completeness, Forwarder
 from telerad.dicom_gateway.outbox import Outbox
 from telerad.dicom_gateway.receiver import Receiver
 from telerad.dicom_gateway.scp import CallingAePolicy, FastAssociationServer, start_scp
+from telerad.dicom_gateway.site import Address, SiteConfig
 from telerad.dicom_gateway.spool import Spool
 from telerad.dicom_gateway.workers import start_workers, stop_workers
-from telerad.settings import ModalityAddress, Settings
+from telerad.settings import Settings
 
 logger = logging.getLogger(__name__)
 _SITE_REFRESH_SECONDS = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class SiteConfig:
-    """The modalities allowed to send, and whether any AE title is accepted."""
-
-    modalities: tuple[ModalityAddress, ...]
-    accept_any: bool
 
 
 def wire_mode(settings: Settings, centre_url: str) -> str:
@@ -151,15 +142,15 @@ class Gateway:
         except CentreError as exc:
             logger.warning("cannot fetch the site's modalities from the centre: %s", exc)
             if cache.exists() and not self._site.modalities and not self._site.accept_any:
-                self._apply(_site_config(json.loads(cache.read_text())))
+                self._apply(SiteConfig.from_document(json.loads(cache.read_text())))
             return
         _write_atomic(cache, json.dumps(site))
         self._fetched = True
-        self._apply(_site_config(site))
+        self._apply(SiteConfig.from_document(site))
 
     def _apply(self, site: SiteConfig) -> None:
         self._site = site
-        titles = {m.ae_title for m in site.modalities}
+        titles = site.ae_titles
         self.policy.update(
             titles, accept_any=site.accept_any or self.settings.gateway.accept_any_ae
         )
@@ -172,15 +163,7 @@ class Gateway:
 
     def address_of(self, ae_title: str) -> Address | None:
         """Where a modality listens for Storage Commitment replies on a new association."""
-        for modality in self._site.modalities:
-            if modality.ae_title == ae_title and modality.host and modality.port:
-                return modality.host, modality.port
-        return None
-
-
-def _site_config(data: dict[str, Any]) -> SiteConfig:
-    modalities = tuple(ModalityAddress(**m) for m in data.get("modalities", []))
-    return SiteConfig(modalities, bool(data.get("accept_any_ae")))
+        return self._site.address_of(ae_title)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -22,12 +22,13 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from telerad.dicom_gateway.commitment import Address, Committer
+from telerad.dicom_gateway.commitment import Committer
 from telerad.dicom_gateway.outbox import Outbox
 from telerad.dicom_gateway.receiver import Receiver
 from telerad.dicom_gateway.scp import CallingAePolicy, start_scp
+from telerad.dicom_gateway.site import Address, SiteConfig
 from telerad.dicom_gateway.spool import Spool
-from telerad.settings import ModalityAddress, Settings
+from telerad.settings import Settings
 
 logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -104,33 +105,27 @@ class SiteFile:
         self.path = path
         self.settings = settings
         self.policy = CallingAePolicy(accept_any=settings.gateway.accept_any_ae)
-        self._modalities: tuple[ModalityAddress, ...] = tuple(settings.gateway.modalities)
+        self.site = SiteConfig(tuple(settings.gateway.modalities), settings.gateway.accept_any_ae)
         self._mtime = -1.0
         self.reload()
 
     def reload(self) -> None:
-        """Apply the file if it changed since the last look."""
-        if self.settings.gateway.modalities:
-            self.policy.update({m.ae_title for m in self._modalities})
-            return
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime == self._mtime:
+        """Apply the file if it changed since the last look (settings' modalities win)."""
+        if not self.settings.gateway.modalities:
+            try:
+                mtime = self.path.stat().st_mtime
+                if mtime == self._mtime:
+                    return
+                self.site = SiteConfig.from_document(json.loads(self.path.read_text()))
+            except (OSError, ValueError):
                 return
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return
-        self._mtime = mtime
-        self._modalities = tuple(ModalityAddress(**m) for m in data.get("modalities", []))
-        accept_any = bool(data.get("accept_any_ae")) or self.settings.gateway.accept_any_ae
-        self.policy.update({m.ae_title for m in self._modalities}, accept_any=accept_any)
+            self._mtime = mtime
+        accept_any = self.site.accept_any or self.settings.gateway.accept_any_ae
+        self.policy.update(self.site.ae_titles, accept_any=accept_any)
 
     def address_of(self, ae_title: str) -> Address | None:
         """Where a modality accepts Storage Commitment replies."""
-        for modality in self._modalities:
-            if modality.ae_title == ae_title and modality.host and modality.port:
-                return modality.host, modality.port
-        return None
+        return self.site.address_of(ae_title)
 
 
 def _die_with_parent() -> None:
