@@ -12,12 +12,14 @@ from telerad.storage.completeness import (
 )
 from telerad.storage.database import create_catalog_engine, migrate, session_factory
 from telerad.storage.errors import (
+    FrameNotFound,
     IngestError,
     InstanceConflict,
     IntegrityError,
     InvalidInstance,
     InvalidKey,
     InvalidManifest,
+    NotFound,
     ObjectNotFound,
     StorageError,
     StorageUnavailable,
@@ -47,6 +49,13 @@ from telerad.storage.objectstore import ObjectInfo, ObjectStore, open_object_sto
 from telerad.storage.parsing import BASE_URI_MARKER, InstanceHeader, check_instance
 from telerad.storage.query import Level, Scope, SearchResult, search
 from telerad.storage.query import element as dicom_json_element
+from telerad.storage.retrieve import (
+    StoredInstance,
+    find_instance,
+    find_instances,
+    read_frame,
+    read_frames,
+)
 
 __all__ = [
     "BASE_URI_MARKER",
@@ -54,6 +63,7 @@ __all__ = [
     "Archive",
     "AuditEvent",
     "Base",
+    "FrameNotFound",
     "IngestError",
     "IngestResult",
     "IngestSource",
@@ -68,6 +78,7 @@ __all__ = [
     "Level",
     "ManifestEntry",
     "Modality",
+    "NotFound",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
@@ -83,6 +94,7 @@ __all__ = [
     "SiteToken",
     "StorageError",
     "StorageUnavailable",
+    "StoredInstance",
     "Study",
     "StudyCompleteness",
     "StudyManifest",
@@ -92,10 +104,14 @@ __all__ = [
     "check_instance",
     "create_catalog_engine",
     "dicom_json_element",
+    "find_instance",
+    "find_instances",
     "is_valid_uid",
     "migrate",
     "open_object_store",
     "parse_query",
+    "read_frame",
+    "read_frames",
     "record_access",
     "search",
     "session_factory",

@@ -8,7 +8,9 @@ The tree::
     ├── IntegrityError          stored bytes do not match their SHA-256
     ├── InvalidKey              a key or UID failed validation (never reaches a back end)
     ├── InvalidManifest         a study manifest is malformed (UID, hash, size)
-    ├── StudyNotFound           no such study, or it belongs to another site (same to callers)
+    ├── NotFound                no such study/series/instance, or another site's (same to callers)
+    │   ├── StudyNotFound       no such study, or it belongs to another site
+    │   └── FrameNotFound       the instance has no such frame
     └── IngestError             an instance cannot be stored
         ├── InvalidInstance     not parseable Part-10, missing/invalid required attributes
         ├── InstanceConflict    same SOP Instance UID, different content (kept as rejected copy)
@@ -45,8 +47,16 @@ class InvalidManifest(StorageError):
     """A study manifest lists a bad UID or hash, no instance at all, or too many."""
 
 
-class StudyNotFound(StorageError):
+class NotFound(StorageError):
+    """The resource is unknown, or belongs to a site other than the caller's."""
+
+
+class StudyNotFound(NotFound):
     """The study is unknown, or belongs to a site other than the caller's."""
+
+
+class FrameNotFound(NotFound):
+    """The frame number is outside the instance's frames, or its frames cannot be located."""
 
 
 class IngestError(StorageError):

@@ -18,8 +18,8 @@ from telerad.storage import (
     ObjectNotFound,
     QueryError,
     StorageUnavailable,
-    StudyNotFound,
 )
+from telerad.storage import NotFound as ResourceNotFound
 from telerad.viewer_api.encoding import (
     ACCEPTED_CODINGS,
     ContentTooLarge,
@@ -68,7 +68,7 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     AuthenticationFailed: (401, False),
     PermissionDenied: (403, True),
     ObjectNotFound: (404, False),
-    StudyNotFound: (404, False),
+    ResourceNotFound: (404, False),
     ContentTooLarge: (413, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),

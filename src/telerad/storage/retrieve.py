@@ -1,0 +1,167 @@
+"""Locate stored instances and read their frames: the core of WADO-RS, rendering and C-GET.
+
+PS3.18 §10.4 retrieves resources by Study, Series and SOP Instance UID; a resource outside the
+caller's scope is reported exactly like a missing one (:class:`~telerad.storage.errors.NotFound`),
+so a caller cannot learn whether a study exists at another site.
+
+Frames are read with byte-range requests from the stored Part-10 object, using the ranges located
+at ingest (PS3.5 §8.1.1 native, §A.4 encapsulated): a frame of a 500-frame object costs one small
+read, never the whole object.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from telerad.storage.errors import FrameNotFound, NotFound
+from telerad.storage.keys import is_valid_uid
+from telerad.storage.models import Instance, Series, Study
+from telerad.storage.objectstore import ObjectStore
+from telerad.storage.query import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """Where a stored instance's bytes are, and what the catalog knows about them."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    size: int
+    sha256: str
+    number_of_frames: int | None
+    rows: int | None
+    columns: int | None
+    bits_allocated: int | None
+    #: One entry per frame, each a list of (offset, length) byte ranges; None if not locatable.
+    frame_ranges: tuple[tuple[tuple[int, int], ...], ...] | None
+    #: The instance's DICOM JSON with BulkDataURIs carrying ``BASE_URI_MARKER``.
+    metadata_json: str
+    site_id: int | None
+    patient_pk: int
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames the pixel data holds (0 when there is none)."""
+        if self.frame_ranges is None:
+            return 0
+        return len(self.frame_ranges)
+
+
+def find_instances(
+    session: Session,
+    scope: Scope,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[StoredInstance]:
+    """Every visible instance of a study, series or single instance, in reading order
+    (series number, then instance number, then storage order).
+
+    Raises :class:`~telerad.storage.errors.NotFound` when nothing matches: unknown UID,
+    malformed UID, a series of another study, or a study outside ``scope``.
+    """
+    uids = [u for u in (study_uid, series_uid, sop_instance_uid) if u is not None]
+    if not all(is_valid_uid(u) for u in uids):
+        raise NotFound("no such resource")
+    statement = (
+        select(Instance, Series.series_uid, Study.study_uid, Study.site_id, Study.patient_pk)
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .where(Study.study_uid == study_uid)
+    )
+    if series_uid is not None:
+        statement = statement.where(Series.series_uid == series_uid)
+    if sop_instance_uid is not None:
+        statement = statement.where(Instance.sop_instance_uid == sop_instance_uid)
+    statement = statement.order_by(
+        Series.series_number.is_(None),
+        Series.series_number,
+        Series.id,
+        Instance.instance_number.is_(None),
+        Instance.instance_number,
+        Instance.id,
+    )
+    found = [
+        _stored(row.Instance, row.series_uid, row.study_uid, row.site_id, row.patient_pk)
+        for row in session.execute(statement)
+    ]
+    if not found or not scope.allows(found[0].site_id):
+        raise NotFound("no such resource")
+    return found
+
+
+def find_instance(
+    session: Session, scope: Scope, study_uid: str, series_uid: str, sop_instance_uid: str
+) -> StoredInstance:
+    """One visible instance; :class:`NotFound` otherwise."""
+    [instance] = find_instances(session, scope, study_uid, series_uid, sop_instance_uid)
+    return instance
+
+
+def read_frame(objects: ObjectStore, instance: StoredInstance, number: int) -> bytes:
+    """The stored bytes of frame ``number`` (1-based, PS3.18 §10.4.1.1.5): native pixels as
+    stored, or the concatenated fragments of an encapsulated frame (its compressed bitstream).
+
+    Raises :class:`~telerad.storage.errors.FrameNotFound` for a frame number outside
+    1..frame_count or an instance without locatable frames.
+    """
+    ranges = instance.frame_ranges
+    if ranges is None or not 1 <= number <= len(ranges):
+        raise FrameNotFound(f"frame {number} is not in this instance")
+    frame = ranges[number - 1]
+    if len(frame) == 1:
+        offset, length = frame[0]
+        return objects.get_range(instance.object_key, offset, length)
+    start = frame[0][0]
+    end = frame[-1][0] + frame[-1][1]
+    span = objects.get_range(instance.object_key, start, end - start)
+    return b"".join(span[offset - start : offset - start + length] for offset, length in frame)
+
+
+def read_frames(
+    objects: ObjectStore, instance: StoredInstance, numbers: Sequence[int]
+) -> list[bytes]:
+    """Frames ``numbers`` in the order asked; every number is checked before any read."""
+    count = instance.frame_count
+    for number in numbers:
+        if not 1 <= number <= count:
+            raise FrameNotFound(f"frame {number} is not in this instance")
+    return [read_frame(objects, instance, number) for number in numbers]
+
+
+def _stored(
+    row: Instance, series_uid: str, study_uid: str, site_id: int | None, patient_pk: int
+) -> StoredInstance:
+    ranges = None
+    if row.frame_ranges:
+        ranges = tuple(
+            tuple((int(offset), int(length)) for offset, length in frame)
+            for frame in json.loads(row.frame_ranges)
+        )
+    return StoredInstance(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        object_key=row.object_key,
+        size=row.size,
+        sha256=row.sha256,
+        number_of_frames=row.number_of_frames,
+        rows=row.rows,
+        columns=row.columns,
+        bits_allocated=row.bits_allocated,
+        frame_ranges=ranges,
+        metadata_json=row.metadata_json,
+        site_id=site_id,
+        patient_pk=patient_pk,
+    )
