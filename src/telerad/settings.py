@@ -148,6 +148,38 @@ class AuthSettings(BaseModel):
     token_minutes: int = Field(default=30, ge=1, le=24 * 60)
 
 
+class ViewerSettings(BaseModel):
+    """DICOMweb retrieval and rendering for browsers (issue 4)."""
+
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS; [] = no CORS headers"
+    )
+
+
+class RenderingSettings(BaseModel):
+    """Server-side rendering of frames (rendered/thumbnail)."""
+
+    cache_mb: int = Field(default=256, ge=0, le=65536, description="decoded/rendered cache")
+
+
+class WorklistSettings(BaseModel):
+    """Reading tasks: SLA, leases, escalation (issue 5)."""
+
+    lease_minutes: int = Field(default=30, ge=1, le=24 * 60)
+
+
+class ReportSettings(BaseModel):
+    """Structured reports and their outputs (issue 5)."""
+
+    institution_name: str = "telerad"
+
+
+class DeliverySettings(BaseModel):
+    """Notifications and share links (issue 5)."""
+
+    share_link_hours: int = Field(default=72, ge=1, le=24 * 90)
+
+
 class Settings(BaseSettings):
     """Everything one telerad process needs, validated at start-up."""
 
@@ -169,6 +201,11 @@ class Settings(BaseSettings):
     dicom: DicomSettings = DicomSettings()
     gateway: GatewaySettings = GatewaySettings()
     auth: AuthSettings = AuthSettings()
+    viewer: ViewerSettings = ViewerSettings()
+    rendering: RenderingSettings = RenderingSettings()
+    worklist: WorklistSettings = WorklistSettings()
+    reports: ReportSettings = ReportSettings()
+    delivery: DeliverySettings = DeliverySettings()
 
     @classmethod
     def settings_customise_sources(
