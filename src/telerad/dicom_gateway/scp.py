@@ -49,6 +49,7 @@ from telerad.dicom_gateway.errors import (
     SpoolUnavailable,
 )
 from telerad.dicom_gateway.outbox import ROUTINE, URGENT
+from telerad.dicom_gateway.reactor import CheapCopyContexts, install_responsive_reactor
 from telerad.dicom_gateway.receiver import Receiver, StoreRequest
 from telerad.settings import DicomSettings
 from telerad.storage import InvalidInstance
@@ -216,7 +217,14 @@ class GatewayAE(AE):
 
 
 class FastAssociationServer(ThreadedAssociationServer):
-    """Association server with SO_REUSEPORT on the listener and TCP_NODELAY per connection."""
+    """Association server with SO_REUSEPORT on the listener and TCP_NODELAY per connection,
+    cheap per-association context copies and prompt DIMSE message pickup
+    (:mod:`telerad.dicom_gateway.reactor`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = CheapCopyContexts(self.contexts)
+        install_responsive_reactor()
 
     def server_bind(self) -> None:
         assert self.socket is not None

@@ -1,0 +1,84 @@
+"""The acceptor latency fixes: cheap context copies and prompt DIMSE message pickup."""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+
+import pytest
+from pynetdicom import association
+from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
+
+from telerad.dicom_gateway import reactor
+from telerad.dicom_gateway.reactor import (
+    CheapCopyContexts,
+    install_responsive_reactor,
+)
+from telerad.dicom_gateway.scp import CallingAePolicy, build_ae
+from telerad.settings import DicomSettings
+
+
+def context_fields(contexts: list) -> list[tuple]:
+    return [
+        (c.context_id, c.abstract_syntax, list(c.transfer_syntax), c.scp_role, c.scu_role)
+        for c in contexts
+    ]
+
+
+def test_cheap_copy_equals_deepcopy_and_is_independent() -> None:
+    contexts = build_ae(DicomSettings(), CallingAePolicy(accept_any=True)).supported_contexts
+    reference = copy.deepcopy(contexts)
+    cheap = copy.deepcopy(CheapCopyContexts(contexts))
+    assert len(contexts) > 170
+    assert context_fields(cheap) == context_fields(reference)
+    assert all(a is not b for a, b in zip(cheap, contexts, strict=True))
+    cheap[0].transfer_syntax.clear()
+    cheap[0].context_id = 7
+    assert context_fields(contexts) == context_fields(reference)
+
+
+def test_reactor_clock_is_installed_once_and_acceptor_wakes_on_a_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    install_responsive_reactor()
+    clock = association.time
+    install_responsive_reactor()
+    assert association.time is clock
+
+    ae = build_ae(DicomSettings(), CallingAePolicy(accept_any=True))
+    assoc = Association(ae, "acceptor")
+    messages = assoc.dimse.msg_queue
+    assert isinstance(messages, queue.Queue)
+    # The reactor's 1 ms wait stretched to 60 s: only a wake-up by the message ends it early.
+    monkeypatch.setattr(reactor, "REACTOR_SLEEP_SECONDS", 60.0)
+    waited: list[float] = []
+
+    def reactor_sleep() -> None:
+        started = time.monotonic()
+        association.time.sleep(60.0)
+        waited.append(time.monotonic() - started)
+
+    # Sleep as the association's own thread would (the clock looks at the current thread).
+    sleeper = threading.Thread(target=reactor_sleep)
+    monkeypatch.setattr(reactor.threading, "current_thread", lambda: assoc)
+    sleeper.start()
+    time.sleep(0.2)
+    messages.put((1, object()))
+    sleeper.join(30)
+    assert waited and waited[0] < 30
+    assert messages.qsize() == 1  # the clock only waits; the reactor takes the message
+
+
+def test_server_contexts_are_wrapped() -> None:
+    from telerad.dicom_gateway.scp import FastAssociationServer
+
+    assert issubclass(FastAssociationServer, ThreadedAssociationServer)
+    ae = build_ae(DicomSettings(), CallingAePolicy(accept_any=True))
+    server = ae.make_server(("127.0.0.1", 0), server_class=FastAssociationServer)
+    try:
+        assert isinstance(server.contexts, CheapCopyContexts)
+    finally:
+        server.server_close()
