@@ -1,9 +1,9 @@
 """Rendered images: the viewport, the media type and the encoder (PS3.18 §8.3.5, §10.4).
 
 ``viewport=vw,vh[,sx,sy,sw,sh]`` (PS3.18 §8.3.5.1.3): the source region, by default the whole
-frame, starts at column ``sx`` and row ``sy`` and spans ``sw`` × ``sh`` pixels (clipped to the
+frame, starts at column ``sx`` and row ``sy`` and spans ``sw`` by ``sh`` pixels (clipped to the
 frame; a negative ``sw`` or ``sh`` flips the region horizontally or vertically). It is scaled to
-fit inside ``vw`` × ``vh`` preserving its aspect ratio — down or up — and the image returned
+fit inside ``vw`` by ``vh`` preserving its aspect ratio — down or up — and the image returned
 has exactly the scaled size (no padding). ``vw`` or ``vh`` may be empty (``viewport=,256``): the
 other dimension alone decides the scale. Neither may exceed :data:`MAX_DIMENSION`.
 
@@ -13,16 +13,18 @@ bilinear pass, which costs a fraction of a Lanczos filter with no visible differ
 thumbnail and screen sizes.
 
 Encoders (Pillow): JPEG at ``quality`` 1..100 (baseline, no optimisation pass, the fastest);
-PNG with zlib ``compress_level`` (the server uses 1: about 3× faster than Pillow's default 6
-for a few per cent larger CT slices, and PNG stays lossless); GIF from 8-bit grey directly
-(lossless, a grey palette) or from RGB through a 256-colour median-cut-free fast octree
-quantisation; a list of frames becomes an animated GIF.
+PNG with zlib ``compress_level`` 1 and the run-length strategy (``Z_RLE``): on a windowed CT
+slice about 1.7 times faster than Pillow's default (level 6) and even a little smaller, since
+windowing leaves long runs of black and white; GIF from 8-bit grey directly
+(lossless, a grey palette) or from RGB through a 256-colour fast-octree quantisation; a list of
+frames becomes an animated GIF.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,13 +77,13 @@ def parse_viewport(text: str) -> Viewport:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) not in (2, 6):
         raise RenderParameterError("viewport must be vw,vh or vw,vh,sx,sy,sw,sh")
-    width, height = (_dimension(part, name) for part, name in zip(parts, ("vw", "vh")))
+    width, height = _dimension(parts[0], "vw"), _dimension(parts[1], "vh")
     if width is None and height is None:
         raise RenderParameterError("viewport needs vw or vh")
     if len(parts) == 2:
         return Viewport(width, height)
-    sx, sy = (_coordinate(part, name, 0) for part, name in zip(parts[2:4], ("sx", "sy")))
-    sw, sh = (_coordinate(part, name, None) for part, name in zip(parts[4:], ("sw", "sh")))
+    sx, sy = _coordinate(parts[2], "sx") or 0, _coordinate(parts[3], "sy") or 0
+    sw, sh = _coordinate(parts[4], "sw"), _coordinate(parts[5], "sh")
     if sx < 0 or sy < 0:
         raise RenderParameterError("viewport sx and sy must not be negative")
     if sw == 0 or sh == 0:
@@ -97,9 +99,9 @@ def _dimension(text: str, name: str) -> int | None:
     return int(text)
 
 
-def _coordinate(text: str, name: str, default: int | None) -> int | None:
+def _coordinate(text: str, name: str) -> int | None:
     if not text:
-        return default
+        return None
     try:
         value = float(text)
     except ValueError:
@@ -158,7 +160,7 @@ def encode(image: Image.Image, media_type: str, quality: int, png_level: int = 1
     if media_type == JPEG:
         image.save(buffer, "JPEG", quality=quality)
     elif media_type == PNG:
-        image.save(buffer, "PNG", compress_level=png_level)
+        image.save(buffer, "PNG", compress_level=png_level, compress_type=zlib.Z_RLE)
     elif media_type == GIF:
         _gif_ready(image).save(buffer, "GIF")
     else:

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from pydicom.pixels import apply_color_lut
-from pydicom.pixels import pixel_array as pydicom_pixel_array
+from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import pixel_array as pydicom_pixel_array
 
 from telerad.settings import RenderingSettings
 from telerad.storage import FrameNotFound, ObjectStore, StoredInstance, read_frame
@@ -134,7 +134,9 @@ class Renderer:
         native = _native_monochrome(data, description)
         return native if native is not None else decode_frame(data, description)
 
-    def _decode_whole(self, instance: StoredInstance, frame: int, palette: bool) -> npt.NDArray[Any]:
+    def _decode_whole(
+        self, instance: StoredInstance, frame: int, palette: bool
+    ) -> npt.NDArray[Any]:
         """Decode one frame from the whole object with pydicom (see the module docstring)."""
         raw = self.objects.get(instance.object_key)
         try:
@@ -243,7 +245,7 @@ def _job(
 
 def neighbours(count: int, index: int, reach: int) -> list[int]:
     """Indexes within ``reach`` of ``index`` in ``0..count-1``, nearest first, forward first."""
-    found = []
+    found: list[int] = []
     for step in range(1, reach + 1):
         found.extend(i for i in (index + step, index - step) if 0 <= i < count)
     return found

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -121,7 +122,7 @@ def parse_window(text: str) -> Window:
     if len(parts) not in (2, 3):
         names = ", ".join(PRESETS)
         raise WindowError(f"window must be center,width[,function] or one of {names}")
-    center, width = (_number(part, name) for part, name in zip(parts, ("center", "width")))
+    center, width = _number(parts[0], "center"), _number(parts[1], "width")
     function = VoiFunction.LINEAR
     if len(parts) == 3:
         found = _FUNCTION_NAMES.get(parts[2].lower())
@@ -173,7 +174,8 @@ def apply_voi(values: npt.NDArray[np.float64], window: Window) -> npt.NDArray[np
     LINEAR, C.11.2.1.3.2 LINEAR_EXACT, C.11.2.1.3.1 SIGMOID)."""
     c, w = window.center, window.width
     if window.function is VoiFunction.SIGMOID:
-        return Y_MAX / (1.0 + np.exp(-4.0 * (values - c) / w))
+        exponent = np.clip(-4.0 * (values - c) / w, -700.0, 700.0)  # exp() stays finite
+        return Y_MAX / (1.0 + np.exp(exponent))
     if window.function is VoiFunction.LINEAR_EXACT:
         low, high = c - w / 2, c + w / 2
         ramp = ((values - c) / w + 0.5) * Y_MAX
@@ -210,15 +212,18 @@ def render_monochrome(
     if pixels.dtype.kind in "iu" and not 1 <= layout.bits_stored <= 8 * pixels.dtype.itemsize:
         layout = StoredLayout(8 * pixels.dtype.itemsize, layout.pixel_representation)
     if pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2:
-        codes = pixels.view(np.uint8 if pixels.dtype.itemsize == 1 else np.uint16)
+        codes: npt.NDArray[np.unsignedinteger[Any]] = pixels.view(
+            np.uint8 if pixels.dtype.itemsize == 1 else np.uint16
+        )
         if window is None:
             window = _frame_window(pixels, layout, rescale)
         table = _display_table(pixels.dtype.str, layout, rescale, window, invert)
-        return np.take(table, codes)
-    if pixels.dtype.kind in "iu":
-        values = stored_values(pixels, layout).astype(np.float64)
-    else:
-        values = pixels.astype(np.float64)
+        return np.take(table, codes, mode="clip")  # every code is in range; clip is fastest
+    values: npt.NDArray[np.float64] = (
+        stored_values(pixels, layout).astype(np.float64)
+        if pixels.dtype.kind in "iu"
+        else pixels.astype(np.float64)
+    )
     modality = values * rescale.slope + rescale.intercept
     if window is None:
         window = _range_window(modality)
@@ -232,7 +237,7 @@ def _frame_window(
     native = layout.bits_stored == pixels.dtype.itemsize * 8 and (
         (pixels.dtype.kind == "i") == (layout.pixel_representation == 1)
     )
-    values = pixels if native else stored_values(pixels, layout)
+    values: npt.NDArray[Any] = pixels if native else stored_values(pixels, layout)
     ends = np.array([values.min(), values.max()], dtype=np.float64)
     return _range_window(ends * rescale.slope + rescale.intercept)
 
@@ -252,7 +257,8 @@ def _display_table(
     kind = np.dtype(dtype)
     unsigned = np.uint8 if kind.itemsize == 1 else np.uint16
     codes = np.arange(1 << (8 * kind.itemsize), dtype=np.int64).astype(unsigned).view(kind)
-    modality = stored_values(codes, layout) * rescale.slope + rescale.intercept
+    values = stored_values(codes, layout).astype(np.float64)
+    modality: npt.NDArray[np.float64] = values * rescale.slope + rescale.intercept
     table = _to_display(apply_voi(modality, window), invert)
     table.flags.writeable = False
     return table
@@ -262,9 +268,7 @@ def ybr_full_to_rgb(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """RGB of 8-bit YBR_FULL samples (PS3.3 C.7.6.3.1.2, the full-range ITU-R BT.601 matrix)."""
     ybr = pixels.astype(np.float64)
     y, cb, cr = ybr[..., 0], ybr[..., 1] - 128.0, ybr[..., 2] - 128.0
-    rgb = np.stack(
-        (y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb), axis=-1
-    )
+    rgb = np.stack((y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb), axis=-1)
     return np.floor(np.clip(rgb, 0.0, Y_MAX) + 0.5).astype(np.uint8)
 
 

@@ -21,12 +21,15 @@ Encapsulated PDF instance is ``application/pdf``. What is rendered:
 Without ``window`` the file's first Window Center/Width (with its VOI LUT Function) applies, else
 the frame's full range. Responses carry a strong ``ETag`` (instance content hash and every
 parameter; ``If-None-Match`` gives 304), ``Cache-Control: private, max-age=…``, ``Vary: Accept``
-and ``Cross-Origin-Resource-Policy: cross-origin``. Each answer is audited.
+and ``Cross-Origin-Resource-Policy: cross-origin``. Each answer (200 or 304) is audited; the
+audit row is written right after the image is sent (a background task of the response), so its
+database commit is not part of the viewer's wait.
 
 ===== ===========================================================================
 400   malformed window, preset, viewport, quality, frame list or UID
-404   unknown study/series/instance/frame, or one the caller may not see
-406   no acceptable media type, or nothing renderable (no pixel data)
+404   unknown study/series/instance/frame, or one the caller may not see; an instance (or a
+      study or series) with nothing to render (no pixel data)
+406   no acceptable media type
 422   the stored pixel data of that frame cannot be decoded
 ===== ===========================================================================
 """
@@ -39,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
+from starlette.background import BackgroundTask
 
 from telerad.settings import RenderingSettings
 from telerad.storage import (
@@ -51,7 +55,7 @@ from telerad.storage import (
 )
 from telerad.viewer_api.deps import AddressDep, PrincipalDep, ScopeDep, ServicesDep
 from telerad.viewer_api.pixels import NotAnImage
-from telerad.viewer_api.problems import BadRequest
+from telerad.viewer_api.problems import BadRequest, NotAcceptable
 from telerad.viewer_api.rendering import images, windowing
 from telerad.viewer_api.rendering.pipeline import (
     ENCAPSULATED_PDF,
@@ -68,10 +72,6 @@ router = APIRouter(tags=["WADO-RS rendered"])
 IMAGE_TYPES = (images.JPEG, images.PNG, images.GIF)
 #: How long a series listing is reused to pick prefetch neighbours (seconds).
 LISTING_TTL = 30.0
-
-
-class NotAcceptable(Exception):  # noqa: N818 - named after the HTTP status it maps to
-    """No media type the caller accepts can represent the resource (HTTP 406)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,16 +207,14 @@ def _answer(
     render = RenderRequest(media_type, *parameters)
     headers = _headers(render.etag(instance.sha256, frame or "all"), settings)
     if _matches(request.headers.get("if-none-match"), headers["ETag"]):
-        audit()
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=304, headers=headers, background=BackgroundTask(audit))
     if frame is None:
         body = renderer.render_instance(instance, render)
     else:
         body = renderer.render(instance, frame, render)
-    audit()
     if not target.thumbnail and target.level in ("instance", "frame"):
         _prefetch(services, scope, renderer, instance, frame, render)
-    return Response(body, media_type=media_type, headers=headers)
+    return Response(body, media_type=media_type, headers=headers, background=BackgroundTask(audit))
 
 
 def _document(
@@ -232,11 +230,9 @@ def _document(
         raise NotAcceptable("this instance is an Encapsulated PDF: application/pdf")
     headers = _headers(RenderRequest(images.PDF, None, None, 0).etag(instance.sha256, 0), settings)
     if _matches(request.headers.get("if-none-match"), headers["ETag"]):
-        audit()
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=304, headers=headers, background=BackgroundTask(audit))
     body = renderer.document(instance)
-    audit()
-    return Response(body, media_type=images.PDF, headers=headers)
+    return Response(body, media_type=images.PDF, headers=headers, background=BackgroundTask(audit))
 
 
 def _parameters(
@@ -250,7 +246,9 @@ def _parameters(
         viewport = images.parse_viewport(viewport_text) if viewport_text is not None else None
         quality_text = query.get("quality")
         quality = (
-            images.parse_quality(quality_text) if quality_text is not None else settings.jpeg_quality
+            images.parse_quality(quality_text)
+            if quality_text is not None
+            else settings.jpeg_quality
         )
     except ValueError as exc:  # WindowError, RenderParameterError
         raise BadRequest(str(exc)) from exc
