@@ -28,6 +28,7 @@ from telerad.viewer_api.encoding import (
     UnsupportedContentCoding,
 )
 from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
+from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import AccountError
 
@@ -73,6 +74,7 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     InvalidManifest: (400, True),
     AccountError: (400, True),
     CorruptContent: (400, True),
+    RenderParameterError: (400, True),
     AuthenticationFailed: (401, False),
     PermissionDenied: (403, True),
     ObjectNotFound: (404, False),

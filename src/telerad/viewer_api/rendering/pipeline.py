@@ -8,7 +8,9 @@ encoded images are kept in one :class:`~.cache.ByteCache`.
 
 Instances whose frames cannot be located by byte range (deflated or big-endian transfer
 syntaxes, bit-packed 1-bit frames) and PALETTE COLOR images (their LUTs are bulk data the
-metadata does not carry) are decoded from the whole object with pydicom instead.
+metadata does not carry) are decoded from the whole object with pydicom instead
+(:func:`..pixels.decode_object_frame`); a palette image becomes RGB through its LUTs (PS3.3
+C.7.6.3.1.5), shown with the top 8 bits of the LUT entries.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.pixels.processing import apply_color_lut
-from pydicom.pixels.utils import pixel_array as pydicom_pixel_array
 
 from telerad.settings import RenderingSettings
 from telerad.storage import FrameNotFound, ObjectStore, StoredInstance, read_frame
-from telerad.viewer_api.pixels import CorruptFrame, NotAnImage, PixelDescription, decode_frame
+from telerad.viewer_api.pixels import (
+    CorruptFrame,
+    NotAnImage,
+    PixelDescription,
+    decode_frame,
+    decode_object_frame,
+)
 from telerad.viewer_api.rendering import attributes
 from telerad.viewer_api.rendering.cache import ByteCache, Prefetcher
 from telerad.viewer_api.rendering.images import (
@@ -128,27 +135,33 @@ class Renderer:
         if not 1 <= frame <= self.frame_count(instance):
             raise FrameNotFound(f"frame {frame} is not in this instance")
         palette = description.photometric_interpretation == "PALETTE COLOR"
-        if instance.frame_ranges is None or palette:
-            return self._decode_whole(instance, frame, palette)
-        data = read_frame(self.objects, instance, frame)
-        native = _native_monochrome(data, description)
-        return native if native is not None else decode_frame(data, description)
+        try:
+            if instance.frame_ranges is None or palette:
+                return self._decode_whole(instance, frame, palette)
+            data = read_frame(self.objects, instance, frame)
+            native = _native_monochrome(data, description)
+            return native if native is not None else decode_frame(data, description)
+        except CorruptFrame as exc:
+            raise CorruptFrame(f"frame {frame} cannot be decoded: {exc}") from exc
 
     def _decode_whole(
         self, instance: StoredInstance, frame: int, palette: bool
     ) -> npt.NDArray[Any]:
-        """Decode one frame from the whole object with pydicom (see the module docstring)."""
+        """Decode one frame from the whole object (see the module docstring)."""
         raw = self.objects.get(instance.object_key)
+        try:
+            array = decode_object_frame(raw, frame)
+        except IndexError as exc:
+            raise FrameNotFound(str(exc)) from exc
+        if not palette:
+            return array
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                array = pydicom_pixel_array(io.BytesIO(raw), index=frame - 1)
-                if palette:
-                    header = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
-                    array = apply_color_lut(array, header)
-        except Exception as exc:  # pydicom and the codecs raise many types on bad data
+                header = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+                return np.asarray(apply_color_lut(array, header))
+        except Exception as exc:  # a missing or malformed palette LUT
             raise CorruptFrame(f"{type(exc).__name__}: {exc}") from exc
-        return np.asarray(array)
 
     # --- rendering --------------------------------------------------------------------------
 
@@ -159,7 +172,9 @@ class Renderer:
         pixels = self.pixels(instance, frame)
         description = self.description(instance)
         if pixels.ndim == 3:  # colour: the decoder gives RGB (pixels module)
-            return render_colour(pixels, description.bits_stored)
+            palette = description.photometric_interpretation == "PALETTE COLOR"
+            bits = 8 * pixels.dtype.itemsize if palette else description.bits_stored
+            return render_colour(pixels, bits)
         meta = metadata(instance)
         layout = StoredLayout(description.bits_stored, description.pixel_representation)
         chosen = window or attributes.file_window(meta, frame)

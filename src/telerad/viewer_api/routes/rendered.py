@@ -199,7 +199,7 @@ def _answer(
     def audit() -> None:
         _audit(services, principal, address, request, target, instance)
 
-    if instance.sop_class_uid == ENCAPSULATED_PDF and not target.thumbnail:
+    if instance.sop_class_uid == ENCAPSULATED_PDF and not target.thumbnail and frame is None:
         return _document(renderer, instance, accept, request, settings, audit)
     media_type = images.negotiate(accept, IMAGE_TYPES)
     if media_type is None:
