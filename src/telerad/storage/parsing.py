@@ -345,6 +345,10 @@ def _pixel_data_vr(data: bytes, offset: int, dataset: Dataset) -> str | None:
     header = _pixel_data_header(data, offset, dataset)
     if header is not None:
         return header[0]
+    if dataset.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        # The header was read from the inflated stream: offsets say nothing, so look.
+        full = pydicom.dcmread(io.BytesIO(data))
+        return str(full["PixelData"].VR) if "PixelData" in full else None
     return "OW" if len(data) > offset else None
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from telerad import __version__
 from telerad.settings import Settings
 from telerad.viewer_api.problems import register_problem_handlers
-from telerad.viewer_api.routes import auth, qido, sites, stow, studies
+from telerad.viewer_api.routes import auth, qido, rendered, sites, stow, studies
 from telerad.viewer_api.services import Services, build_services
 
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(studies.router, prefix="/api/studies")
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
+    app.include_router(rendered.router, prefix="/dicomweb")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from telerad.storage import (
+    FrameNotFound,
     InvalidKey,
     InvalidManifest,
     ObjectNotFound,
@@ -26,6 +27,8 @@ from telerad.viewer_api.encoding import (
     CorruptContent,
     UnsupportedContentCoding,
 )
+from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
+from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import AccountError
 
@@ -52,6 +55,12 @@ class UnsupportedMediaType(HttpProblem):
     status = 415
 
 
+class NotAcceptable(HttpProblem):
+    """406: no media type the caller accepts can represent the resource."""
+
+    status = 406
+
+
 class NotFound(HttpProblem):
     """404: absent, or not visible to the caller (the two look the same)."""
 
@@ -65,11 +74,19 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     InvalidManifest: (400, True),
     AccountError: (400, True),
     CorruptContent: (400, True),
+    RenderParameterError: (400, True),
     AuthenticationFailed: (401, False),
     PermissionDenied: (403, True),
     ObjectNotFound: (404, False),
     ResourceNotFound: (404, False),
+    # The instance is visible to the caller by then, so the frame numbers may be named.
+    FrameNotFound: (404, True),
+    # The instance has no Pixel Data: its frames are not a resource that exists.
+    NotAnImage: (404, True),
     ContentTooLarge: (413, True),
+    # The request is valid but the stored bitstream of that frame cannot be decoded: 422
+    # (RFC 9110 §15.5.21) names the frame and says why, not 500; the server stays up.
+    CorruptFrame: (422, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
 }
