@@ -250,3 +250,4 @@ class ManifestEntry(Base):
 
 # The worklist tables live in their own module; importing it here puts them in Base.metadata.
 from telerad.storage import worklist_models as _worklist_models  # noqa: E402, F401
+from telerad.storage import report_models as _report_models  # noqa: E402, F401
