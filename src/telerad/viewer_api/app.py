@@ -12,7 +12,7 @@ from sqlalchemy import text
 from telerad import __version__
 from telerad.settings import Settings
 from telerad.viewer_api.problems import register_problem_handlers
-from telerad.viewer_api.routes import auth, qido, sites, stow, studies
+from telerad.viewer_api.routes import auth, qido, reports, sites, stow, studies
 from telerad.viewer_api.services import Services, build_services
 
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(auth.router, prefix="/api/auth")
     app.include_router(sites.router, prefix="/api/sites")
     app.include_router(studies.router, prefix="/api/studies")
+    app.include_router(reports.router, prefix="/api/reports")
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
 

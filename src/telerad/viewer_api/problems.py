@@ -27,7 +27,15 @@ from telerad.viewer_api.encoding import (
     UnsupportedContentCoding,
 )
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
-from telerad.worklist import AccountError
+from telerad.worklist import (
+    AccountError,
+    InvalidReportTransition,
+    NotReportWriter,
+    ReportContentError,
+    ReportExists,
+    ReportNotFound,
+    ReportVersionMismatch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +80,12 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     ContentTooLarge: (413, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
+    ReportContentError: (400, True),
+    NotReportWriter: (403, True),
+    ReportNotFound: (404, False),
+    InvalidReportTransition: (409, True),
+    ReportExists: (409, True),
+    ReportVersionMismatch: (412, True),
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {
