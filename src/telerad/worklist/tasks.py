@@ -207,9 +207,7 @@ class TaskView:
     num_instances: int
 
 
-def worklist_query(
-    actor: Actor, flt: WorklistFilter, now: datetime
-) -> Select[*tuple[Any, ...]]:
+def worklist_query(actor: Actor, flt: WorklistFilter, now: datetime) -> Select[*tuple[Any, ...]]:
     """Rows of :class:`TaskView` fields the actor may see, most pressing first."""
     assigned, claimer = aliased(User), aliased(User)
     rank = case({p.value: r for p, r in RANK.items()}, value=ReadingTask.priority, else_=9)
