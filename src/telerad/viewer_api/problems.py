@@ -27,7 +27,15 @@ from telerad.viewer_api.encoding import (
     UnsupportedContentCoding,
 )
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
-from telerad.worklist import AccountError
+from telerad.worklist import (
+    AccountError,
+    InvalidAssignment,
+    InvalidTransition,
+    InvalidWorklistInput,
+    TaskNotFound,
+    TaskPermissionDenied,
+    TransactionUIDError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +80,12 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     ContentTooLarge: (413, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
+    InvalidWorklistInput: (400, True),
+    TransactionUIDError: (400, True),  # PS3.18 §11.7.3.1
+    TaskPermissionDenied: (403, True),
+    TaskNotFound: (404, True),
+    InvalidAssignment: (409, True),
+    InvalidTransition: (409, True),
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {
