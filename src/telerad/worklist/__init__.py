@@ -21,7 +21,25 @@ from telerad.worklist.accounts import (
     revoke_site_tokens,
     site_by_name,
 )
-from telerad.worklist.background import PassReport, WorklistLoop
+from telerad.worklist.admin import (
+    PoolView,
+    ProfileView,
+    RuleFields,
+    RuleView,
+    WorklistItemNotFound,
+    delete_pool,
+    delete_rule,
+    get_reader_profile,
+    list_pools,
+    list_rules,
+    save_pool,
+    save_reader_profile,
+    save_rule,
+)
+from telerad.worklist.background import (
+    PassReport,
+    WorklistLoop,
+)
 from telerad.worklist.claims import (
     Expired,
     assign_task,
@@ -38,6 +56,7 @@ from telerad.worklist.errors import (
     InvalidAssignment,
     InvalidTransition,
     InvalidWorklistInput,
+    NoWayBack,
     TaskAlreadyClaimed,
     TaskFinal,
     TaskNotFound,
@@ -66,7 +85,11 @@ from telerad.worklist.notify import (
     on_report_event,
     register_report_listener,
 )
-from telerad.worklist.orders import OrderFields, get_reading_request, put_reading_request
+from telerad.worklist.orders import (
+    OrderFields,
+    get_reading_request,
+    put_reading_request,
+)
 from telerad.worklist.report_access import (
     ReportError,
     ReportExists,
@@ -82,10 +105,20 @@ from telerad.worklist.report_access import (
     visible_chain,
     visible_report,
 )
-from telerad.worklist.report_fhir import build_diagnostic_report
-from telerad.worklist.report_html import render_report_html
-from telerad.worklist.report_pdf import render_report_pdf
-from telerad.worklist.report_publish import PublishResult, pending_documents, publish_documents
+from telerad.worklist.report_fhir import (
+    build_diagnostic_report,
+)
+from telerad.worklist.report_html import (
+    render_report_html,
+)
+from telerad.worklist.report_pdf import (
+    render_report_pdf,
+)
+from telerad.worklist.report_publish import (
+    PublishResult,
+    pending_documents,
+    publish_documents,
+)
 from telerad.worklist.report_states import (
     InvalidReportTransition,
     NotReportWriter,
@@ -93,7 +126,12 @@ from telerad.worklist.report_states import (
     ReportStateError,
     ReportStatus,
 )
-from telerad.worklist.report_view import KeyImage, PatientStudy, ReportBundle, ReportVersion
+from telerad.worklist.report_view import (
+    KeyImage,
+    PatientStudy,
+    ReportBundle,
+    ReportVersion,
+)
 from telerad.worklist.reports import (
     add_addendum,
     create_report,
@@ -113,8 +151,16 @@ from telerad.worklist.routing import (
     parse_working_hours,
     route,
 )
-from telerad.worklist.sla import Priority, WorklistPolicy, parse_priority, sla_flag
-from telerad.worklist.sr import build_report_sr, sr_part10
+from telerad.worklist.sla import (
+    Priority,
+    WorklistPolicy,
+    parse_priority,
+    sla_flag,
+)
+from telerad.worklist.sr import (
+    build_report_sr,
+    sr_part10,
+)
 from telerad.worklist.states import (
     ProcedureStepState,
     TaskAction,
@@ -141,10 +187,24 @@ from telerad.worklist.templates import (
     get_template,
     template_summary,
 )
+from telerad.worklist.upsrs import (
+    change_workitem_state,
+    retrieve_workitem,
+    search_workitems,
+    workitem_facts,
+)
+from telerad.worklist.workitems import (
+    UPS_PUSH_SOP_CLASS,
+    WorkitemFacts,
+    WorkitemQuery,
+    parse_workitem_query,
+    workitem_json,
+)
 
 __all__ = [
     "EVENT_KINDS",
     "TEMPLATES",
+    "UPS_PUSH_SOP_CLASS",
     "AccountError",
     "AccountExists",
     "Actor",
@@ -160,13 +220,16 @@ __all__ = [
     "InvalidWorklistInput",
     "KeyImage",
     "KeyImageRef",
+    "NoWayBack",
     "NotReportWriter",
     "OrderFields",
     "PassReport",
     "PatientStudy",
+    "PoolView",
     "Principal",
     "Priority",
     "ProcedureStepState",
+    "ProfileView",
     "PublishResult",
     "Reader",
     "ReportBundle",
@@ -184,6 +247,8 @@ __all__ = [
     "Role",
     "Routing",
     "Rule",
+    "RuleFields",
+    "RuleView",
     "TaskAction",
     "TaskAlreadyClaimed",
     "TaskFacts",
@@ -199,8 +264,11 @@ __all__ = [
     "UnknownTemplate",
     "VisibilityRule",
     "WorkingHours",
+    "WorkitemFacts",
+    "WorkitemQuery",
     "WorklistError",
     "WorklistFilter",
+    "WorklistItemNotFound",
     "WorklistLoop",
     "WorklistPolicy",
     "actor_for",
@@ -214,21 +282,27 @@ __all__ = [
     "build_report_sr",
     "cancel_task",
     "chain_versions",
+    "change_workitem_state",
     "claim_task",
     "complete_task",
     "create_report",
     "create_site",
     "create_site_token",
     "create_user",
+    "delete_pool",
+    "delete_rule",
     "escalate_overdue",
     "expire_leases",
     "flag_near_due",
+    "get_reader_profile",
     "get_reading_request",
     "get_template",
     "hash_password",
     "ineligibility",
     "intake_study",
     "least_loaded",
+    "list_pools",
+    "list_rules",
     "list_worklist",
     "load_bundle",
     "may_read_report",
@@ -236,6 +310,7 @@ __all__ = [
     "on_report_event",
     "parse_priority",
     "parse_working_hours",
+    "parse_workitem_query",
     "pending_documents",
     "principal_for_user",
     "publish_documents",
@@ -247,9 +322,14 @@ __all__ = [
     "render_report_pdf",
     "renew_lease",
     "report_chain",
+    "retrieve_workitem",
     "revoke_site_tokens",
     "route",
+    "save_pool",
+    "save_reader_profile",
     "save_report",
+    "save_rule",
+    "search_workitems",
     "sign_report",
     "site_by_name",
     "sla_flag",
@@ -267,4 +347,6 @@ __all__ = [
     "visible_chain",
     "visible_report",
     "visible_task",
+    "workitem_facts",
+    "workitem_json",
 ]

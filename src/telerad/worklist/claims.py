@@ -173,13 +173,15 @@ def cancel_task(
     *,
     transaction_uid: str | None = None,
     now: datetime | None = None,
+    request: bool = True,
 ) -> ReadingTask:
     """Cancel a task: an administrator at any open state (UPS Request Cancel, honoured at
-    once), or its holder with his Transaction UID (Change State to CANCELED)."""
+    once), or its holder with his Transaction UID (Change State to CANCELED; ``request=False``
+    asks for this form also from an administrator)."""
     now = now or datetime.now(UTC)
     actor = actor_for(session, who)
     reason = reason.strip()[:1000]
-    if actor.is_admin:
+    if actor.is_admin and request:
         task = visible_task(session, task_id, actor)
         transition(task.state, A.REQUEST_CANCEL, task=_name(task))
         condition = ReadingTask.state == task.state
@@ -280,12 +282,12 @@ def _holder_task(
     actor = actor_for(session, who)
     require_reader(actor)
     task = visible_task(session, task_id, actor)
+    if task.state == S.IN_PROGRESS and task.claimed_by_user_id != actor.user_id:
+        raise TaskNotHolder(f"{_name(task)} is held by another reader", task.state)
     transition(
         task.state, action, held_uid=task.transaction_uid, given_uid=transaction_uid,
         task=_name(task),
     )  # fmt: skip
-    if task.claimed_by_user_id != actor.user_id:
-        raise TaskNotHolder(f"{_name(task)} is held by another reader", task.state)
     return actor, task
 
 
