@@ -13,15 +13,8 @@ import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from sqlalchemy import select
 
-from telerad.settings import WorklistSettings
 from telerad.storage import AuditEvent, ReadingTask, User
-from telerad.worklist import (
-    WorklistPolicy,
-    assign_task,
-    claim_task,
-    create_user,
-    take_in_study,
-)
+from telerad.worklist import create_user
 from tests.conftest import PASSWORD, Api
 from tests.factories import ct_instances, manifest_of, multipart_related
 
@@ -70,14 +63,18 @@ def read_study(api: Api, reader: str = "rad1") -> Study:
         f"/api/studies/{study_uid}/manifest", json=manifest, headers=api.headers("site")
     )
     assert response.json()["complete"]
-    policy = WorklistPolicy.from_settings(WorklistSettings())
-    with api.services.writer.begin() as session:  # the worklist's intake hook
-        task_id = take_in_study(session, study_uid, policy).task_id
-        assert task_id is not None
-        admin = session.scalar(select(User).where(User.username == "admin"))
-        assign_task(session, task_id, admin, reader)  # as an administrator would
-        user = session.scalar(select(User).where(User.username == reader))
-        claim_task(session, task_id, user, lease=policy.lease)
+    # intake ran on completion: the task is on the worklist of a county1 radiologist
+    [task] = api.client.get(
+        "/api/worklist", params={"study": study_uid}, headers=login(api, "admin")
+    ).json()
+    task_id = task["id"]
+    if task.get("assigned_to") != reader:  # an administrator (re)assigns it
+        assigned = api.client.post(
+            f"/api/worklist/{task_id}/assign", json={"user": reader}, headers=login(api, "admin")
+        )
+        assert assigned.status_code == 200, assigned.text
+    claimed = api.client.post(f"/api/worklist/{task_id}/claim", headers=login(api, reader))
+    assert claimed.status_code == 200, claimed.text
     return Study(study_uid, task_id, sorted(entries))
 
 
@@ -113,7 +110,12 @@ def sr_series(api: Api, study_uid: str, who: str = "admin") -> list[dict[str, An
 def test_lifecycle_over_http(shared_api: Api) -> None:
     api = shared_api
     add_user(api, "rad9", "radiologist", None, ("county1",))
+    add_user(api, "rad-other", "radiologist", None, ("county2",))
     study = read_study(api)
+    elsewhere = api.client.get(
+        "/api/worklist", params={"study": study.uid}, headers=login(api, "rad-other")
+    )
+    assert elsewhere.status_code == 200 and elsewhere.json() == []
     report_id, etag = draft(api, study)
 
     assert put(api, report_id, "rad1", CONTENT, None).status_code == 428
