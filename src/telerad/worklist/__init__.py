@@ -118,6 +118,7 @@ from telerad.worklist.report_publish import (
     PublishResult,
     pending_documents,
     publish_documents,
+    reports_with_pending_documents,
 )
 from telerad.worklist.report_states import (
     InvalidReportTransition,
@@ -322,6 +323,7 @@ __all__ = [
     "render_report_pdf",
     "renew_lease",
     "report_chain",
+    "reports_with_pending_documents",
     "retrieve_workitem",
     "revoke_site_tokens",
     "route",
