@@ -49,12 +49,22 @@ from telerad.storage.objectstore import ObjectInfo, ObjectStore, open_object_sto
 from telerad.storage.parsing import BASE_URI_MARKER, InstanceHeader, check_instance
 from telerad.storage.query import Level, Scope, SearchResult, search
 from telerad.storage.query import element as dicom_json_element
+from telerad.storage.report_models import Report, ReportDocument
 from telerad.storage.retrieve import (
     StoredInstance,
     find_instance,
     find_instances,
     read_frame,
     read_frames,
+)
+from telerad.storage.worklist_models import (
+    ReaderProfile,
+    ReadingPool,
+    ReadingPoolMember,
+    ReadingRequest,
+    ReadingTask,
+    RoutingRule,
+    TaskEvent,
 )
 
 __all__ = [
@@ -85,8 +95,16 @@ __all__ = [
     "Patient",
     "Query",
     "QueryError",
+    "ReaderProfile",
     "ReaderSite",
+    "ReadingPool",
+    "ReadingPoolMember",
+    "ReadingRequest",
+    "ReadingTask",
     "RejectedInstance",
+    "Report",
+    "ReportDocument",
+    "RoutingRule",
     "Scope",
     "SearchResult",
     "Series",
@@ -100,6 +118,7 @@ __all__ = [
     "StudyManifest",
     "StudyMismatch",
     "StudyNotFound",
+    "TaskEvent",
     "User",
     "check_instance",
     "create_catalog_engine",

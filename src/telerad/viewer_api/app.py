@@ -12,20 +12,44 @@ from sqlalchemy import text
 from telerad import __version__
 from telerad.settings import Settings
 from telerad.viewer_api.problems import register_problem_handlers
-from telerad.viewer_api.routes import auth, qido, rendered, sites, stow, studies
+from telerad.viewer_api.routes import (
+    auth,
+    qido,
+    rendered,
+    reports,
+    sites,
+    stow,
+    studies,
+    workitems,
+    worklist,
+    worklist_admin,
+)
 from telerad.viewer_api.services import Services, build_services
+from telerad.worklist import EscalationHook, WorklistLoop, WorklistPolicy
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the central API. ``services`` may be given (tests); else built in the lifespan."""
+def create_app(
+    settings: Settings,
+    services: Services | None = None,
+    *,
+    on_escalated: EscalationHook | None = None,
+) -> FastAPI:
+    """Build the central API. ``services`` may be given (tests); else built in the lifespan.
+
+    The worklist's background loop (intake sweep, leases, SLA escalation) runs while the app
+    does when ``settings.worklist.background`` is on; ``on_escalated`` is its escalation hook.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or build_services(settings)
+        loop = _worklist_loop(settings, app.state.services, on_escalated)
         try:
             yield
         finally:
+            if loop is not None:
+                loop.stop()
             if owned:
                 app.state.services.close()
 
@@ -35,9 +59,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(auth.router, prefix="/api/auth")
     app.include_router(sites.router, prefix="/api/sites")
     app.include_router(studies.router, prefix="/api/studies")
+    app.include_router(reports.router, prefix="/api/reports")
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
     app.include_router(rendered.router, prefix="/dicomweb")
+    app.include_router(worklist_admin.router, prefix="/api/worklist")
+    app.include_router(worklist.router, prefix="/api/worklist")
+    app.include_router(worklist_admin.orders, prefix="/api/studies")
+    app.include_router(workitems.router, prefix="/dicomweb")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -47,3 +76,19 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     return app
+
+
+def _worklist_loop(
+    settings: Settings, services: Services, on_escalated: EscalationHook | None
+) -> WorklistLoop | None:
+    """Start the worklist's background loop if the settings ask for it."""
+    if not settings.worklist.background:
+        return None
+    loop = WorklistLoop(
+        services.engine,
+        WorklistPolicy.from_settings(settings.worklist),
+        interval=settings.worklist.escalation_interval_seconds,
+        on_escalated=on_escalated,
+    )
+    loop.start()
+    return loop

@@ -30,7 +30,21 @@ from telerad.viewer_api.encoding import (
 from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
 from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
-from telerad.worklist import AccountError
+from telerad.worklist import (
+    AccountError,
+    InvalidAssignment,
+    InvalidReportTransition,
+    InvalidTransition,
+    InvalidWorklistInput,
+    NotReportWriter,
+    ReportContentError,
+    ReportExists,
+    ReportNotFound,
+    ReportVersionMismatch,
+    TaskNotFound,
+    TaskPermissionDenied,
+    TransactionUIDError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +103,18 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     CorruptFrame: (422, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
+    ReportContentError: (400, True),
+    NotReportWriter: (403, True),
+    ReportNotFound: (404, False),
+    InvalidReportTransition: (409, True),
+    ReportExists: (409, True),
+    ReportVersionMismatch: (412, True),
+    InvalidWorklistInput: (400, True),
+    TransactionUIDError: (400, True),  # PS3.18 §11.7.3.1
+    TaskPermissionDenied: (403, True),
+    TaskNotFound: (404, True),
+    InvalidAssignment: (409, True),
+    InvalidTransition: (409, True),
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {
