@@ -209,7 +209,7 @@ def test_health_needs_no_token(shared_api):
     assert response.json()["status"] == "ok"
 
 
-STUDY, SERIES = new_uid(), new_uid()
+STUDY, SERIES, INSTANCE = new_uid(), new_uid(), new_uid()
 DICOMWEB_ROUTES = [
     ("GET", "/dicomweb/studies"),
     ("GET", "/dicomweb/series"),
@@ -219,6 +219,19 @@ DICOMWEB_ROUTES = [
     ("GET", "/dicomweb/studies/{study}/series/{series}/instances"),
     ("POST", "/dicomweb/studies"),
     ("POST", "/dicomweb/studies/{study}"),
+    *(
+        ("GET", f"/dicomweb/studies/{{study}}{level}/{kind}")
+        for kind in ("rendered", "thumbnail")
+        for level in (
+            "",
+            "/series/{series}",
+            "/series/{series}/instances/{instance}",
+            "/series/{series}/instances/{instance}/frames/{frames}",
+        )
+    ),
+    ("GET", "/dicomweb/workitems"),
+    ("GET", "/dicomweb/workitems/{workitem}"),
+    ("PUT", "/dicomweb/workitems/{workitem}/state"),
 ]
 
 
@@ -242,7 +255,14 @@ def test_every_dicomweb_route_needs_a_token(shared_api, method, route, token):
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {signed(shared_api, key=FORGED_KEY)}"
-    path = route.format(study=STUDY, series=SERIES)
+    path = route.format(
+        study=STUDY,
+        series=SERIES,
+        instance=INSTANCE,
+        frames="1",
+        workitem=new_uid(),
+        tag="00100010",
+    )
 
     objects = list(shared_api.services.objects.list(""))
 
