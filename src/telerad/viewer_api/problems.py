@@ -27,6 +27,7 @@ from telerad.viewer_api.encoding import (
     CorruptContent,
     UnsupportedContentCoding,
 )
+from telerad.viewer_api.negotiation import NotAcceptable
 from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import AccountError
@@ -75,6 +76,7 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     FrameNotFound: (404, True),
     # The instance has no Pixel Data: its frames are not a resource that exists.
     NotAnImage: (404, True),
+    NotAcceptable: (406, True),
     ContentTooLarge: (413, True),
     # The request is valid but the stored bitstream of that frame cannot be decoded: 422
     # (RFC 9110 §15.5.21) names the frame and says why, not 500; the server stays up.
