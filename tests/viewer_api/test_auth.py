@@ -219,6 +219,14 @@ DICOMWEB_ROUTES = [
     ("GET", "/dicomweb/studies/{study}/series/{series}/instances"),
     ("POST", "/dicomweb/studies"),
     ("POST", "/dicomweb/studies/{study}"),
+    ("GET", "/dicomweb/studies/{study}"),
+    ("GET", "/dicomweb/studies/{study}/metadata"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/metadata"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulk/{path}"),
     *(
         ("GET", f"/dicomweb/studies/{{study}}{level}/{kind}")
         for kind in ("rendered", "thumbnail")
@@ -261,7 +269,7 @@ def test_every_dicomweb_route_needs_a_token(shared_api, method, route, token):
         instance=INSTANCE,
         frames="1",
         workitem=new_uid(),
-        tag="00100010",
+        path="7FE00010",
     )
 
     objects = list(shared_api.services.objects.list(""))

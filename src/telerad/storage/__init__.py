@@ -54,6 +54,7 @@ from telerad.storage.retrieve import (
     StoredInstance,
     find_instance,
     find_instances,
+    find_metadata,
     read_frame,
     read_frames,
 )
@@ -125,6 +126,7 @@ __all__ = [
     "dicom_json_element",
     "find_instance",
     "find_instances",
+    "find_metadata",
     "is_valid_uid",
     "migrate",
     "open_object_store",
