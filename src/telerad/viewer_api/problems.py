@@ -72,12 +72,6 @@ class UnsupportedMediaType(HttpProblem):
     status = 415
 
 
-class NotAcceptable(HttpProblem):
-    """406: no media type the caller accepts can represent the resource."""
-
-    status = 406
-
-
 class NotFound(HttpProblem):
     """404: absent, or not visible to the caller (the two look the same)."""
 

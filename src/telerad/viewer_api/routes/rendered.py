@@ -52,8 +52,9 @@ from telerad.storage import (
     validate_uid,
 )
 from telerad.viewer_api.deps import AddressDep, PrincipalDep, ScopeDep, ServicesDep
+from telerad.viewer_api.negotiation import NotAcceptable
 from telerad.viewer_api.pixels import NotAnImage
-from telerad.viewer_api.problems import BadRequest, NotAcceptable
+from telerad.viewer_api.problems import BadRequest
 from telerad.viewer_api.rendering import images, windowing
 from telerad.viewer_api.rendering.pipeline import (
     ENCAPSULATED_PDF,
