@@ -165,7 +165,23 @@ class RenderingSettings(BaseModel):
 class WorklistSettings(BaseModel):
     """Reading tasks: SLA, leases, escalation (issue 5)."""
 
-    lease_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    lease_minutes: int = Field(
+        default=30, ge=1, le=24 * 60, description="a claim lasts this long unless renewed"
+    )
+    sla_minutes_stat: int = Field(default=60, ge=1, description="report due after completion")
+    sla_minutes_urgent: int = Field(default=4 * 60, ge=1)
+    sla_minutes_routine: int = Field(default=24 * 60, ge=1)
+    near_due_fraction: float = Field(
+        default=0.25, gt=0, lt=1, description="flag near-due when this share of the SLA is left"
+    )
+    escalation_interval_seconds: float = Field(
+        default=30.0, gt=0, description="period of the background loop (intake sweep, leases, SLA)"
+    )
+    escalation_repeat_minutes: int = Field(
+        default=60, ge=0, description="escalate a still-overdue task again after; 0 = once"
+    )
+    background: bool = Field(default=True, description="run the background loop in the API")
+    sweep_batch: int = Field(default=200, ge=1, le=10_000, description="rows per loop step")
 
 
 class ReportSettings(BaseModel):

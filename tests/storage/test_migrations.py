@@ -1,4 +1,5 @@
-"""The Alembic history builds exactly the schema the models declare, and 0002 reverts cleanly."""
+"""The Alembic history builds exactly the schema the models declare, and 0002 and 0003 revert
+cleanly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from telerad.storage import Base, migrate
 from telerad.storage.database import alembic_config
 
 MANIFEST_TABLES = {"study_manifests", "study_manifest_entries"}
+WORKLIST_TABLES = {
+    "reading_requests",
+    "reading_tasks",
+    "task_events",
+    "routing_rules",
+    "reading_pools",
+    "reading_pool_members",
+    "reader_profiles",
+}
 
 
 def test_migrations_build_the_schema_of_the_models(engine: Engine) -> None:
@@ -27,3 +37,13 @@ def test_manifest_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
 
     assert not without & MANIFEST_TABLES
     assert set(inspect(engine).get_table_names()) >= MANIFEST_TABLES
+
+
+def test_worklist_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
+    command.downgrade(alembic_config(engine), "0002")
+    without = set(inspect(engine).get_table_names())
+
+    migrate(engine)
+
+    assert not without & WORKLIST_TABLES
+    assert set(inspect(engine).get_table_names()) >= WORKLIST_TABLES

@@ -62,6 +62,15 @@ from telerad.storage.retrieve import (
     read_frame,
     read_frames,
 )
+from telerad.storage.worklist_models import (
+    ReaderProfile,
+    ReadingPool,
+    ReadingPoolMember,
+    ReadingRequest,
+    ReadingTask,
+    RoutingRule,
+    TaskEvent,
+)
 
 __all__ = [
     "BASE_URI_MARKER",
@@ -93,8 +102,14 @@ __all__ = [
     "Patient",
     "Query",
     "QueryError",
+    "ReaderProfile",
     "ReaderSite",
+    "ReadingPool",
+    "ReadingPoolMember",
+    "ReadingRequest",
+    "ReadingTask",
     "RejectedInstance",
+    "RoutingRule",
     "Scope",
     "SearchResult",
     "Series",
@@ -110,6 +125,7 @@ __all__ = [
     "StudyManifest",
     "StudyMismatch",
     "StudyNotFound",
+    "TaskEvent",
     "User",
     "check_instance",
     "create_catalog_engine",

@@ -246,3 +246,7 @@ class ManifestEntry(Base):
     )
     sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
+
+
+# The worklist tables live in their own module; importing it here puts them in Base.metadata.
+from telerad.storage import worklist_models as _worklist_models  # noqa: E402, F401
