@@ -7,16 +7,18 @@ Create Date: 2026-11-25 10:00:00.000000
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0002"  # TEMP until tasks+reports merge: "0004"
+down_revision = "0003"  # TEMP until reports merges: "0004"
 branch_labels = None
 depends_on = None
 
 
-def _when(name: str, nullable: bool = True) -> sa.Column[sa.DateTime]:
+def _when(name: str, nullable: bool = True) -> sa.Column[datetime]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
