@@ -197,12 +197,7 @@ def test_failed_delivery_is_retried_with_backoff_then_given_up(world: World) -> 
 def test_critical_finding_escalates_until_acknowledged(world: World) -> None:
     study_uid = new_uid()
     with world.writer.begin() as session:
-        session.add(
-            ReadingRequest(
-                study_uid=study_uid, site_id=world.ids["county1"], referrer_user_id=world.ids["ref1"]
-            )
-        )
-        session.flush()
+        _order(session, world, study_uid)
         notify_report_event(
             session, ReportEvent.CRITICAL, report_id=5, study_uid=study_uid, status="final", now=T0
         )
@@ -233,6 +228,16 @@ def test_critical_finding_escalates_until_acknowledged(world: World) -> None:
     assert (site_row.acknowledged_by, site_row.next_attempt_at) == ("rg1b", None)
 
 
+def _order(session: Session, world: World, study_uid: str) -> None:
+    """The county1 order for ``study_uid`` naming ref1 as the referrer."""
+    ids = world.ids
+    request = ReadingRequest(
+        study_uid=study_uid, site_id=ids["county1"], referrer_user_id=ids["ref1"]
+    )
+    session.add(request)
+    session.flush()
+
+
 def _site_row(world: World) -> Notification:
     [row] = [r for r in _rows(world) if r.recipient_site_id is not None]
     return row
@@ -241,12 +246,7 @@ def _site_row(world: World) -> Notification:
 def test_inbox_shows_own_and_site_rows_and_ack_is_limited_to_them(world: World) -> None:
     study_uid = new_uid()
     with world.writer.begin() as session:
-        session.add(
-            ReadingRequest(
-                study_uid=study_uid, site_id=world.ids["county1"], referrer_user_id=world.ids["ref1"]
-            )
-        )
-        session.flush()
+        _order(session, world, study_uid)
         notify_report_event(session, "final", report_id=9, study_uid=study_uid, now=T0)
 
     foreign = _rows(world)[0].id
