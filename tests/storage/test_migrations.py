@@ -21,6 +21,7 @@ WORKLIST_TABLES = {
     "reading_pool_members",
     "reader_profiles",
 }
+REPORT_TABLES = {"reports", "report_documents"}
 
 
 def test_migrations_build_the_schema_of_the_models(engine: Engine) -> None:
@@ -47,3 +48,13 @@ def test_worklist_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
 
     assert not without & WORKLIST_TABLES
     assert set(inspect(engine).get_table_names()) >= WORKLIST_TABLES
+
+
+def test_report_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
+    command.downgrade(alembic_config(engine), "0003")
+    without = set(inspect(engine).get_table_names())
+
+    migrate(engine)
+
+    assert not without & REPORT_TABLES
+    assert set(inspect(engine).get_table_names()) >= REPORT_TABLES

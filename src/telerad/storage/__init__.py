@@ -55,6 +55,7 @@ from telerad.storage.objectstore import ObjectInfo, ObjectStore, open_object_sto
 from telerad.storage.parsing import BASE_URI_MARKER, InstanceHeader, check_instance
 from telerad.storage.query import Level, Scope, SearchResult, search
 from telerad.storage.query import element as dicom_json_element
+from telerad.storage.report_models import Report, ReportDocument
 from telerad.storage.retrieve import (
     StoredInstance,
     find_instance,
@@ -109,6 +110,8 @@ __all__ = [
     "ReadingRequest",
     "ReadingTask",
     "RejectedInstance",
+    "Report",
+    "ReportDocument",
     "RoutingRule",
     "Scope",
     "SearchResult",

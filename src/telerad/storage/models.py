@@ -248,5 +248,7 @@ class ManifestEntry(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
-# The worklist tables live in their own module; importing it here puts them in Base.metadata.
+# The worklist and report tables live in their own modules; importing them here puts them in
+# Base.metadata.
+from telerad.storage import report_models as _report_models  # noqa: E402, F401
 from telerad.storage import worklist_models as _worklist_models  # noqa: E402, F401
