@@ -93,7 +93,7 @@ class ShareLink(Base):
 
     __tablename__ = "share_links"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    report_id: Mapped[int] = mapped_column(Integer, index=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
     study_uid: Mapped[str] = mapped_column(String(64))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     note: Mapped[str] = mapped_column(String(256), default="")

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"  # TEMP until reports merges: "0004"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -108,6 +108,7 @@ def upgrade() -> None:
         _when("expires_at", nullable=False),
         _when("revoked_at"),
         sa.Column("revoked_by", sa.String(length=128), nullable=True),
+        sa.ForeignKeyConstraint(["report_id"], ["reports.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_sha256"),
     )
