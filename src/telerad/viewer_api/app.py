@@ -11,8 +11,18 @@ from sqlalchemy import text
 
 from telerad import __version__
 from telerad.settings import Settings
+from telerad.viewer_api.delivery_runtime import start_delivery
 from telerad.viewer_api.problems import register_problem_handlers
-from telerad.viewer_api.routes import auth, qido, sites, stow, studies
+from telerad.viewer_api.routes import (
+    auth,
+    consultation,
+    notifications,
+    qido,
+    site_webhooks,
+    sites,
+    stow,
+    studies,
+)
 from telerad.viewer_api.services import Services, build_services
 
 
@@ -23,9 +33,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or build_services(settings)
+        stop_delivery = start_delivery(app.state.services)
         try:
             yield
         finally:
+            stop_delivery()
             if owned:
                 app.state.services.close()
 
@@ -35,6 +47,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(auth.router, prefix="/api/auth")
     app.include_router(sites.router, prefix="/api/sites")
     app.include_router(studies.router, prefix="/api/studies")
+    app.include_router(consultation.router, prefix="/api/studies")
+    app.include_router(notifications.router, prefix="/api/notifications")
+    app.include_router(site_webhooks.router, prefix="/api/sites")
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
 

@@ -27,7 +27,15 @@ from telerad.viewer_api.encoding import (
     UnsupportedContentCoding,
 )
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
-from telerad.worklist import AccountError
+from telerad.worklist import (
+    AccountError,
+    InvalidMessage,
+    InvalidShareLink,
+    InvalidWebhook,
+    NotificationNotFound,
+    ShareLinkNotFound,
+    ThreadNotFound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +80,13 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     ContentTooLarge: (413, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
+    # delivery (issue 5): thread, notifications, webhooks, share links
+    InvalidMessage: (400, True),
+    InvalidWebhook: (400, True),
+    InvalidShareLink: (400, True),
+    ThreadNotFound: (404, False),
+    NotificationNotFound: (404, False),
+    ShareLinkNotFound: (404, False),
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {

@@ -39,7 +39,7 @@ from telerad.worklist.consultation import (
 from telerad.worklist.delivery import (
     DeliveryError,
     InvalidWebhook,
-    ReportEvent,
+    ReportEventKind,
     check_webhook_url,
     county_recipients,
     is_referrer_of,
@@ -119,7 +119,7 @@ __all__ = [
     "Principal",
     "Reader",
     "Recipient",
-    "ReportEvent",
+    "ReportEventKind",
     "RetryPolicy",
     "Role",
     "SenderLoop",

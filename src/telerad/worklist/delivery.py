@@ -49,7 +49,7 @@ class InvalidWebhook(DeliveryError):
     """A webhook URL or secret that cannot be used."""
 
 
-class ReportEvent(enum.StrEnum):
+class ReportEventKind(enum.StrEnum):
     """Report lifecycle events the reports module announces (see :func:`notify_report_event`)."""
 
     PRELIMINARY = "preliminary"
@@ -59,10 +59,10 @@ class ReportEvent(enum.StrEnum):
 
 
 _EVENTS = {
-    ReportEvent.PRELIMINARY: NotificationEvent.REPORT_PRELIMINARY,
-    ReportEvent.FINAL: NotificationEvent.REPORT_FINAL,
-    ReportEvent.ADDENDUM: NotificationEvent.REPORT_ADDENDUM,
-    ReportEvent.CRITICAL: NotificationEvent.CRITICAL_FINDING,
+    ReportEventKind.PRELIMINARY: NotificationEvent.REPORT_PRELIMINARY,
+    ReportEventKind.FINAL: NotificationEvent.REPORT_FINAL,
+    ReportEventKind.ADDENDUM: NotificationEvent.REPORT_ADDENDUM,
+    ReportEventKind.CRITICAL: NotificationEvent.CRITICAL_FINDING,
 }
 
 
@@ -141,7 +141,7 @@ def report_links(report_id: int) -> dict[str, str]:
 
 def notify_report_event(
     session: Session,
-    kind: ReportEvent | str,
+    kind: ReportEventKind | str,
     *,
     report_id: int,
     study_uid: str,
@@ -155,7 +155,7 @@ def notify_report_event(
     ``critical`` requires acknowledgement and is re-sent until acknowledged. The caller
     commits, in the transaction that made the change.
     """
-    kind = ReportEvent(kind)
+    kind = ReportEventKind(kind)
     payload: dict[str, Any] = {
         "study_uid": study_uid,
         "report_id": report_id,
@@ -172,7 +172,7 @@ def notify_report_event(
         payload,
         study_uid=study_uid,
         report_id=report_id,
-        requires_ack=kind is ReportEvent.CRITICAL,
+        requires_ack=kind is ReportEventKind.CRITICAL,
         now=now or datetime.now(UTC),
     )
 
