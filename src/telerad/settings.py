@@ -181,6 +181,9 @@ class WorklistSettings(BaseModel):
         default=60, ge=0, description="escalate a still-overdue task again after; 0 = once"
     )
     background: bool = Field(default=True, description="run the background loop in the API")
+    auto_assign: bool = Field(
+        default=True, description="assign new tasks to the least-loaded eligible reader"
+    )
     sweep_batch: int = Field(default=200, ge=1, le=10_000, description="rows per loop step")
 
 

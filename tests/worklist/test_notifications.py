@@ -199,7 +199,12 @@ def test_critical_finding_escalates_until_acknowledged(world: World) -> None:
     with world.writer.begin() as session:
         _order(session, world, study_uid)
         notify_report_event(
-            session, ReportEventKind.CRITICAL, report_id=5, study_uid=study_uid, status="final", now=T0
+            session,
+            ReportEventKind.CRITICAL,
+            report_id=5,
+            study_uid=study_uid,
+            status="final",
+            now=T0,
         )
     inbox_channel = RecordingChannel("inbox")
     sender = _sender(world, inbox_channel)

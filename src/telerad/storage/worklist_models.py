@@ -101,7 +101,7 @@ class RoutingRule(Base):
 
     A ``None`` criterion matches anything. The target is a radiologist, a pool, or both (the
     user first, the pool when he is not eligible). ``escalation_pool_id`` receives the rule's
-    overdue tasks.
+    overdue tasks. ``set_priority`` is the priority of a study that comes without an order.
     """
 
     __tablename__ = "routing_rules"
@@ -120,6 +120,7 @@ class RoutingRule(Base):
     escalation_pool_id: Mapped[int | None] = mapped_column(
         ForeignKey("reading_pools.id", ondelete="SET NULL")
     )
+    set_priority: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -82,7 +82,7 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
-class Reader:
+class InboxReader:
     """Who reads an inbox: a user id, his role and his site."""
 
     user_id: int
@@ -156,15 +156,15 @@ def enqueue(
     return event_id
 
 
-def reader_for(session: Session, username: str) -> Reader:
+def reader_for(session: Session, username: str) -> InboxReader:
     """The inbox reader called ``username`` (an active user)."""
     user = session.scalar(select(User).where(User.username == username, User.active.is_(True)))
     if user is None:
         raise NotificationNotFound("unknown user")
-    return Reader(user.id, user.username, user.role, user.site_id)
+    return InboxReader(user.id, user.username, user.role, user.site_id)
 
 
-def _addressed_to(reader: Reader) -> ColumnElement[bool]:
+def _addressed_to(reader: InboxReader) -> ColumnElement[bool]:
     """Inbox rows for ``reader``: his own, and his site's if he is its radiographer."""
     mine = Notification.recipient_user_id == reader.user_id
     if reader.role != "radiographer" or reader.site_id is None:
@@ -174,7 +174,7 @@ def _addressed_to(reader: Reader) -> ColumnElement[bool]:
 
 
 def inbox(
-    session: Session, reader: Reader, *, unacknowledged: bool = False, limit: int = 100
+    session: Session, reader: InboxReader, *, unacknowledged: bool = False, limit: int = 100
 ) -> Sequence[Notification]:
     """The reader's in-app notifications, newest first."""
     query = select(Notification).where(_addressed_to(reader))
@@ -186,7 +186,7 @@ def inbox(
 
 
 def acknowledge(
-    session: Session, reader: Reader, notification_id: int, now: datetime | None = None
+    session: Session, reader: InboxReader, notification_id: int, now: datetime | None = None
 ) -> list[Notification]:
     """Acknowledge a notification of the reader's inbox, and its siblings to the same recipient.
 

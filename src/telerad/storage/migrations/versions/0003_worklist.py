@@ -123,6 +123,7 @@ def upgrade() -> None:
         sa.Column("assignee_user_id", sa.Integer(), nullable=True),
         sa.Column("pool_id", sa.Integer(), nullable=True),
         sa.Column("escalation_pool_id", sa.Integer(), nullable=True),
+        sa.Column("set_priority", sa.String(length=8), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["assignee_user_id"], ["users.id"], ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["escalation_pool_id"], ["reading_pools.id"], ondelete="SET NULL"),
