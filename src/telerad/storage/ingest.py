@@ -55,6 +55,9 @@ class IngestSource:
     site_id: int | None
     issuer: str
     label: str
+    #: An object the centre derived from the study (a report SR): stored and indexed like any
+    #: instance, but it leaves the study's completeness alone (no manifest lists it).
+    derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,8 @@ class Archive:
                     .where(Study.id == study.id)
                     .values(num_instances=Study.num_instances + 1, updated_at=datetime.now(UTC))
                 )
+                if source.derived:
+                    return False
                 return note_stored_instance(
                     session, parsed.study_uid, parsed.sop_instance_uid, sha256
                 )
