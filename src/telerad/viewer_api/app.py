@@ -18,6 +18,7 @@ from telerad.viewer_api.routes import (
     consultation,
     notifications,
     qido,
+    sharelinks,
     site_webhooks,
     sites,
     stow,
@@ -50,6 +51,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(consultation.router, prefix="/api/studies")
     app.include_router(notifications.router, prefix="/api/notifications")
     app.include_router(site_webhooks.router, prefix="/api/sites")
+    app.include_router(sharelinks.router, prefix="/api/reports")
+    app.include_router(sharelinks.public_router)
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
 

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from telerad.settings import DeliverySettings
 from telerad.viewer_api.services import Services
 from telerad.viewer_api.webhooks import WebhookChannel
-from telerad.worklist import Channel, InboxChannel, NotificationSender, RetryPolicy, SenderLoop
+from telerad.worklist import (
+    Channel,
+    InboxChannel,
+    NotificationSender,
+    RetryPolicy,
+    SenderLoop,
+    install_delivery_hooks,
+)
 
 
 def retry_policy(settings: DeliverySettings) -> RetryPolicy:
@@ -35,7 +42,9 @@ def notification_sender(services: Services) -> tuple[NotificationSender, Webhook
 
 
 def start_delivery(services: Services) -> Callable[[], None]:
-    """Start the sender loop (unless ``delivery.background`` is off); returns its stop."""
+    """Install the report hooks (referrer visibility, report notifications) and start the
+    sender loop (unless ``delivery.background`` is off); returns its stop."""
+    install_delivery_hooks()
     settings = services.settings.delivery
     if not settings.background:
         return lambda: None

@@ -138,6 +138,11 @@ from telerad.worklist.report_access import (
     visible_chain,
     visible_report,
 )
+from telerad.worklist.report_delivery import (
+    deliver_report_event,
+    install_delivery_hooks,
+    referrer_may_read,
+)
 from telerad.worklist.report_fhir import (
     build_diagnostic_report,
 )
@@ -352,6 +357,7 @@ __all__ = [
     "create_site",
     "create_site_token",
     "create_user",
+    "deliver_report_event",
     "enqueue",
     "escalate_overdue",
     "expire_leases",
@@ -361,6 +367,7 @@ __all__ = [
     "hash_password",
     "inbox",
     "ineligibility",
+    "install_delivery_hooks",
     "intake_study",
     "is_referrer_of",
     "issue_share_link",
@@ -384,6 +391,7 @@ __all__ = [
     "reader_for",
     "reading_recipients",
     "referred_study_uids",
+    "referrer_may_read",
     "register_report_listener",
     "register_report_visibility",
     "release_task",
