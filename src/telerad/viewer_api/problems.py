@@ -33,6 +33,7 @@ from telerad.worklist import (
     InvalidShareLink,
     InvalidWebhook,
     NotificationNotFound,
+    ReportNotFound,
     ShareLinkNotFound,
     ThreadNotFound,
 )
@@ -87,6 +88,7 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     ThreadNotFound: (404, False),
     NotificationNotFound: (404, False),
     ShareLinkNotFound: (404, False),
+    ReportNotFound: (404, False),  # also registered by the reports routes
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {
