@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,13 +14,14 @@ from telerad.settings import WorklistSettings
 from telerad.storage import (
     Archive,
     IngestSource,
+    ReaderSite,
     ReadingTask,
     StudyManifest,
     User,
     session_factory,
     submit_manifest,
 )
-from telerad.worklist import WorklistPolicy, create_site, create_user, take_in_study
+from telerad.worklist import WorklistPolicy, create_site, hash_password, take_in_study
 from tests.factories import ct_instances, manifest_of
 
 PASSWORD = "correct horse battery"
@@ -100,11 +102,33 @@ def make_world(archive: Archive, **settings: object) -> World:
             for name in ("county1", "county2")
         }
         users = {
-            name: create_user(session, name, PASSWORD, role, site=site, reads_for=reads).id
+            name: _user(session, name, role, sites, site, reads)
             for name, (role, site, reads) in PEOPLE.items()
         }
     policy = WorklistPolicy.from_settings(WorklistSettings(**settings))  # type: ignore[arg-type]
     return World(archive, archive.engine, sites, users, policy)
+
+
+@functools.cache
+def _password_hash() -> str:
+    return hash_password(PASSWORD)
+
+
+def _user(
+    session: Session,
+    name: str,
+    role: str,
+    sites: dict[str, int],
+    site: str | None,
+    reads: tuple[str, ...],
+) -> int:
+    """A user row with a password hashed once per run (Argon2 is slow on purpose)."""
+    user = User(username=name, password_hash=_password_hash(), role=role)
+    user.site_id = sites[site] if site else None
+    session.add(user)
+    session.flush()
+    session.add_all(ReaderSite(user_id=user.id, site_id=sites[s]) for s in reads)
+    return user.id
 
 
 @pytest.fixture

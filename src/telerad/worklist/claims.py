@@ -280,12 +280,12 @@ def _holder_task(
     actor = actor_for(session, who)
     require_reader(actor)
     task = visible_task(session, task_id, actor)
+    if task.state == S.IN_PROGRESS and task.claimed_by_user_id != actor.user_id:
+        raise TaskNotHolder(f"{_name(task)} is held by another reader", task.state)
     transition(
         task.state, action, held_uid=task.transaction_uid, given_uid=transaction_uid,
         task=_name(task),
     )  # fmt: skip
-    if task.claimed_by_user_id != actor.user_id:
-        raise TaskNotHolder(f"{_name(task)} is held by another reader", task.state)
     return actor, task
 
 

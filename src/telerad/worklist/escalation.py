@@ -121,6 +121,10 @@ def escalate_overdue(
             on_escalated(session, task, escalation)
         done.append(escalation)
     session.flush()
+    # reader profiles last and in id order: two workers never lock them in opposite orders
+    moved = {e.to_user_id for e in done if e.to_user_id not in (None, e.from_user_id)}
+    for user_id in sorted(u for u in moved if u is not None):
+        note_assignment(session, user_id, now)
     return done
 
 
@@ -139,7 +143,7 @@ def _escalate(
     task.updated_at = now
     reason = "in progress: reader keeps it"
     if task.state == ProcedureStepState.SCHEDULED:
-        reason = _move_on(session, task, readers, escalation_pool, policy, now)
+        reason = _move_on(task, readers, escalation_pool, policy, now)
     add_event(
         session, task, SYSTEM_ACTOR, "escalated",
         f"level {task.escalation_level}: {reason}; user {previous} → {task.assigned_user_id}",
@@ -153,7 +157,6 @@ def _escalate(
 
 
 def _move_on(
-    session: Session,
     task: ReadingTask,
     readers: Sequence[Reader],
     escalation_pool: int | None,
@@ -168,17 +171,10 @@ def _move_on(
             policy.auto_assign, exclude,
         )  # fmt: skip
         task.pool_id, task.assigned_user_id = routing.pool_id, routing.assigned_user_id
-        _note(session, task.assigned_user_id, now)
         return f"moved to escalation pool {escalation_pool}"
     candidates = [r for r in readers if task.pool_id is None or task.pool_id in r.pool_ids]
     chosen = least_loaded(candidates, task.site_id, now, exclude)
     if chosen is None:
         return "no other eligible reader; assignment kept"
     task.assigned_user_id = chosen.user_id
-    _note(session, chosen.user_id, now)
     return "reassigned to the next reader"
-
-
-def _note(session: Session, user_id: int | None, now: datetime) -> None:
-    if user_id is not None:
-        note_assignment(session, user_id, now)
