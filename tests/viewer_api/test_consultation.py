@@ -91,6 +91,9 @@ def test_both_sides_read_and_post_and_others_get_404(shared_api: Api) -> None:
             ("rg1", "answer", "county"),
         ]
     assert views["ref1"].json()["side"] == "county" and views["rad1"].json()["side"] == "reading"
+    assert views["rad1"].json()["order"] == {
+        "priority": "ROUTINE", "clinical_question": "", "history": ""
+    }  # fmt: skip
     missing = thread(shared_api, new_uid(), "admin")
     for who in ("rg2", "ref2", "site"):
         denied = thread(shared_api, study_uid, who)

@@ -19,9 +19,10 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from telerad.storage import ConsultationMessage, record_access, validate_uid
+from telerad.storage import ConsultationMessage, ReadingRequest, record_access, validate_uid
 from telerad.viewer_api.deps import AddressDep, PrincipalDep, ServicesDep
 from telerad.viewer_api.services import Services
 from telerad.worklist import (
@@ -55,11 +56,20 @@ class Message(BaseModel):
     created_at: datetime
 
 
+class Order(BaseModel):
+    """What the site's order says (the thread's starting point)."""
+
+    priority: str
+    clinical_question: str
+    history: str
+
+
 class Thread(BaseModel):
-    """A study's thread and the caller's side of it."""
+    """A study's thread, the caller's side of it, and the site's order if there is one."""
 
     study_uid: str
     side: str
+    order: Order | None
     messages: list[Message]
 
 
@@ -88,8 +98,12 @@ def retrieve_thread(
     with services.sessions() as session:
         side = thread_access(session, principal, study).side
         messages = [_message(row) for row in read_thread(session, principal, study)]
+        row = session.scalar(select(ReadingRequest).where(ReadingRequest.study_uid == study))
+        order = row and Order(
+            priority=row.priority, clinical_question=row.clinical_question, history=row.history
+        )
     _audit(services, principal, address, "thread-read", request, study)
-    return Thread(study_uid=study, side=side.value, messages=messages)
+    return Thread(study_uid=study, side=side.value, order=order, messages=messages)
 
 
 @router.post("/{study}/thread", status_code=201)
