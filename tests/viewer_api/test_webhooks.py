@@ -114,7 +114,7 @@ def test_webhook_is_signed_retried_after_500_and_carries_no_patient_data(
             study_uid,
             41,
         )
-        assert body["links"]["pdf"] == "/api/reports/41/pdf"
+        assert body["links"]["pdf"] == "/api/reports/41.pdf"
     assert [r.json()["attempt"] for r in requests] == [1, 2]
 
 

@@ -136,7 +136,7 @@ def reading_recipients(session: Session, study_uid: str) -> list[Recipient]:
 def report_links(report_id: int) -> dict[str, str]:
     """Where the report's outputs are, relative to the centre's base URL."""
     base = f"/api/reports/{report_id}"
-    return {"report": base, "html": f"{base}/html", "pdf": f"{base}/pdf", "fhir": f"{base}/fhir"}
+    return {"report": base, "html": f"{base}.html", "pdf": f"{base}.pdf", "fhir": f"{base}/fhir"}
 
 
 def notify_report_event(
