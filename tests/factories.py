@@ -86,3 +86,68 @@ def manifest_of(instances: list[bytes]) -> tuple[str, dict[str, str]]:
         entries[ds.SOPInstanceUID] = hashlib.sha256(raw).hexdigest()
     [study_uid] = studies
     return study_uid, entries
+
+
+def dicom_json(ds: Dataset) -> dict[str, Any]:
+    """An instance's DICOM JSON as the catalog keeps it (bulk data by URI, no pixels)."""
+    return ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "bulk")
+
+
+def report_bundle(
+    datasets: list[Dataset],
+    raw_content: dict[str, Any],
+    *,
+    template: str = "ct-head",
+    status: str = "final",
+    kind: str = "report",
+    sequence: int = 0,
+    chain: tuple[Any, ...] = (),
+    predecessor_content: Any = None,
+    institution: str = "City Hospital",
+    key_images: tuple[Any, ...] = (),
+) -> Any:
+    """A :class:`telerad.worklist.ReportBundle` of one version for the output builders."""
+    from datetime import UTC, datetime
+
+    from telerad.worklist import (
+        PatientStudy,
+        ReportBundle,
+        ReportKind,
+        ReportStatus,
+        ReportVersion,
+        get_template,
+    )
+    from telerad.worklist.report_view import Signature
+    from telerad.worklist.templates import parse_content
+
+    form = get_template(template)
+    content = parse_content(form, raw_content, addendum=kind == "addendum")
+    now = datetime(2026, 11, 24, 13, 30, 15, 123456, tzinfo=UTC)
+    signature = None
+    if status == "final":
+        signature = Signature("Jane Roe", "rad1", now, "c" * 64, "d" * 64)
+    version = ReportVersion(
+        id=10 + sequence,
+        study_uid=datasets[0].StudyInstanceUID,
+        sequence=sequence,
+        kind=ReportKind(kind),
+        status=ReportStatus(status),
+        template=form,
+        content=content,
+        author="Jane Roe",
+        author_username="rad1",
+        created_at=now,
+        updated_at=now,
+        version=3,
+        preliminary_at=now if status != "draft" else None,
+        signature=signature,
+        predecessor_id=9 + sequence if sequence else None,
+        predecessor_content=predecessor_content,
+    )
+    return ReportBundle(
+        version=version,
+        chain=(*chain, version),
+        study=PatientStudy.from_dicom_json(dicom_json(datasets[0])),
+        institution=institution,
+        key_images=key_images,
+    )

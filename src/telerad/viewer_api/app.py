@@ -18,27 +18,44 @@ from telerad.viewer_api.routes import (
     consultation,
     notifications,
     qido,
+    reports,
     sharelinks,
     site_webhooks,
     sites,
     stow,
     studies,
+    workitems,
+    worklist,
+    worklist_admin,
 )
 from telerad.viewer_api.services import Services, build_services
+from telerad.worklist import EscalationHook, WorklistLoop, WorklistPolicy
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the central API. ``services`` may be given (tests); else built in the lifespan."""
+def create_app(
+    settings: Settings,
+    services: Services | None = None,
+    *,
+    on_escalated: EscalationHook | None = None,
+) -> FastAPI:
+    """Build the central API. ``services`` may be given (tests); else built in the lifespan.
+
+    The worklist's background loop (intake sweep, leases, SLA escalation) runs while the app
+    does when ``settings.worklist.background`` is on; ``on_escalated`` is its escalation hook.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or build_services(settings)
+        loop = _worklist_loop(settings, app.state.services, on_escalated)
         stop_delivery = start_delivery(app.state.services)
         try:
             yield
         finally:
             stop_delivery()
+            if loop is not None:
+                loop.stop()
             if owned:
                 app.state.services.close()
 
@@ -48,6 +65,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(auth.router, prefix="/api/auth")
     app.include_router(sites.router, prefix="/api/sites")
     app.include_router(studies.router, prefix="/api/studies")
+    app.include_router(reports.router, prefix="/api/reports")
     app.include_router(consultation.router, prefix="/api/studies")
     app.include_router(notifications.router, prefix="/api/notifications")
     app.include_router(site_webhooks.router, prefix="/api/sites")
@@ -55,6 +73,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(sharelinks.public_router)
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
+    app.include_router(worklist_admin.router, prefix="/api/worklist")
+    app.include_router(worklist.router, prefix="/api/worklist")
+    app.include_router(worklist_admin.orders, prefix="/api/studies")
+    app.include_router(workitems.router, prefix="/dicomweb")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -64,3 +86,19 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     return app
+
+
+def _worklist_loop(
+    settings: Settings, services: Services, on_escalated: EscalationHook | None
+) -> WorklistLoop | None:
+    """Start the worklist's background loop if the settings ask for it."""
+    if not settings.worklist.background:
+        return None
+    loop = WorklistLoop(
+        services.engine,
+        WorklistPolicy.from_settings(settings.worklist),
+        interval=settings.worklist.escalation_interval_seconds,
+        on_escalated=on_escalated,
+    )
+    loop.start()
+    return loop

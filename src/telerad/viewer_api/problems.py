@@ -29,13 +29,24 @@ from telerad.viewer_api.encoding import (
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import (
     AccountError,
+    InvalidAssignment,
     InvalidMessage,
+    InvalidReportTransition,
     InvalidShareLink,
+    InvalidTransition,
     InvalidWebhook,
+    InvalidWorklistInput,
     NotificationNotFound,
+    NotReportWriter,
+    ReportContentError,
+    ReportExists,
     ReportNotFound,
+    ReportVersionMismatch,
     ShareLinkNotFound,
+    TaskNotFound,
+    TaskPermissionDenied,
     ThreadNotFound,
+    TransactionUIDError,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,6 +92,18 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     ContentTooLarge: (413, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
+    ReportContentError: (400, True),
+    NotReportWriter: (403, True),
+    ReportNotFound: (404, False),
+    InvalidReportTransition: (409, True),
+    ReportExists: (409, True),
+    ReportVersionMismatch: (412, True),
+    InvalidWorklistInput: (400, True),
+    TransactionUIDError: (400, True),  # PS3.18 §11.7.3.1
+    TaskPermissionDenied: (403, True),
+    TaskNotFound: (404, True),
+    InvalidAssignment: (409, True),
+    InvalidTransition: (409, True),
     # delivery (issue 5): thread, notifications, webhooks, share links
     InvalidMessage: (400, True),
     InvalidWebhook: (400, True),
@@ -88,7 +111,6 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     ThreadNotFound: (404, False),
     NotificationNotFound: (404, False),
     ShareLinkNotFound: (404, False),
-    ReportNotFound: (404, False),  # also registered by the reports routes
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {

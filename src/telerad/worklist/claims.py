@@ -173,13 +173,15 @@ def cancel_task(
     *,
     transaction_uid: str | None = None,
     now: datetime | None = None,
+    request: bool = True,
 ) -> ReadingTask:
     """Cancel a task: an administrator at any open state (UPS Request Cancel, honoured at
-    once), or its holder with his Transaction UID (Change State to CANCELED)."""
+    once), or its holder with his Transaction UID (Change State to CANCELED; ``request=False``
+    asks for this form also from an administrator)."""
     now = now or datetime.now(UTC)
     actor = actor_for(session, who)
     reason = reason.strip()[:1000]
-    if actor.is_admin:
+    if actor.is_admin and request:
         task = visible_task(session, task_id, actor)
         transition(task.state, A.REQUEST_CANCEL, task=_name(task))
         condition = ReadingTask.state == task.state

@@ -12,6 +12,7 @@ The tree::
         ├── TaskNotInProgress       SCHEDULED: complete/cancel/release need a claim (0xC310)
         ├── TaskFinal               COMPLETED or CANCELED: no further change (0xC300)
         ├── TaskNotHolder           IN PROGRESS, held by another reader (0xC302)
+        ├── NoWayBack               UPS Change State to SCHEDULED (0xC303)
         └── TransactionUIDError     the Transaction UID is missing or incorrect (0xC301)
 
 Every :class:`InvalidTransition` carries the UPS failure status (``ups_status``) of PS3.4
@@ -84,3 +85,9 @@ class TransactionUIDError(InvalidTransition):
     def __init__(self, message: str, state: str, *, missing: bool) -> None:
         super().__init__(message, state)
         self.missing = missing
+
+
+class NoWayBack(InvalidTransition):
+    """UPS Change State to SCHEDULED is refused (0xC303); telerad's release is not UPS."""
+
+    ups_status = 0xC303

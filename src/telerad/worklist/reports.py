@@ -111,6 +111,7 @@ def create_report(
     :class:`NotReportWriter`; a task that has a report :class:`ReportExists`.
     """
     now = _now(now)
+    form = get_template(template)
     actor = actor_for(session, principal)
     site_id = _visible_study_site(session, principal, study_uid)
     task = _task_for(session, actor, study_uid, task_id)
@@ -120,7 +121,6 @@ def create_report(
     )
     if existing is not None:
         raise ReportExists(f"task {task.id} has report {existing}", existing)
-    form = get_template(template)
     content = _validated(session, study_uid, form.key, raw_content or {}, addendum=False)
     report = Report(
         study_uid=study_uid,

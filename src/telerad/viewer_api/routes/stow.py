@@ -53,6 +53,7 @@ from telerad.viewer_api.encoding import (
 )
 from telerad.viewer_api.multipart import MultipartError, Part, iter_parts, media_type
 from telerad.viewer_api.problems import BadRequest, UnsupportedMediaType
+from telerad.viewer_api.routes.worklist import take_in_completed
 from telerad.viewer_api.services import Services
 from telerad.worklist import Principal
 
@@ -158,8 +159,9 @@ async def _store_part(
         logger.info("STOW failure %s for %s: %s", hex(code), sop_instance or "-", exc)
     else:
         stored.append(result)
-        if result.completed_study:  # worklist intake will create the reading task here
+        if result.completed_study:
             logger.info("study %s complete", result.study_uid)
+            await run_in_threadpool(take_in_completed, services, result.study_uid)
 
 
 def _boundary(content_type: str) -> str:

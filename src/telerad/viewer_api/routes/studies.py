@@ -46,6 +46,7 @@ from telerad.viewer_api.deps import AddressDep, PrincipalDep, ScopeDep, Services
 from telerad.viewer_api.encoding import content_codings, decoded_body
 from telerad.viewer_api.multipart import media_type
 from telerad.viewer_api.problems import BadRequest, UnsupportedMediaType
+from telerad.viewer_api.routes.worklist import take_in_completed
 from telerad.viewer_api.services import Services
 from telerad.worklist import Principal
 
@@ -142,8 +143,9 @@ async def store_study_manifest(
     result = await run_in_threadpool(
         submit_manifest, services.engine, study, entries, principal.site_id
     )
-    if result.became_complete:  # worklist intake will create the reading task here
+    if result.became_complete:
         logger.info("study %s complete: %d instances", study, result.expected)
+        await run_in_threadpool(take_in_completed, services, study)
     detail = f"expected={result.expected} received={result.received} complete={result.complete}"
     await run_in_threadpool(
         _audit, services, principal, address, "manifest", request, study, detail
