@@ -37,6 +37,7 @@ from telerad.worklist import (
     principal_for_user,
     publish_documents,
     register_report_listener,
+    reports_with_pending_documents,
     save_report,
     sign_report,
     submit_preliminary,
@@ -134,7 +135,11 @@ def test_final_sr_reads_back_with_flags_and_evidence(reading: Reading) -> None:
         create_report, reading.who(), reading.study_uid, "ct-head", HEAD
     )
     reading.run(sign_report, reading.who(), report_id, version)
+    with session_factory(world.engine)() as session:
+        assert reports_with_pending_documents(session) == [report_id]
     [uid] = publish_documents(world.archive, report_id, "City Hospital").stored
+    with session_factory(world.engine)() as session:
+        assert reports_with_pending_documents(session) == []
 
     raw = _stored_bytes(world, reading.study_uid, uid)
     dataset = pydicom.dcmread(io.BytesIO(raw))

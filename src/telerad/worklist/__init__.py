@@ -173,6 +173,7 @@ from telerad.worklist.report_publish import (
     PublishResult,
     pending_documents,
     publish_documents,
+    reports_with_pending_documents,
 )
 from telerad.worklist.report_states import (
     InvalidReportTransition,
@@ -452,6 +453,7 @@ __all__ = [
     "report_chain",
     "report_links",
     "report_resource",
+    "reports_with_pending_documents",
     "resolve_share_link",
     "retrieve_workitem",
     "revoke_share_link",

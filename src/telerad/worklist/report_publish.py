@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from telerad.storage import (
@@ -143,3 +143,16 @@ def _record_failure(writer: sessionmaker[Session], document_id: int, exc: Except
             .where(ReportDocument.id == document_id)
             .values(attempts=ReportDocument.attempts + 1, last_error=str(exc)[:2000])
         )
+
+
+def reports_with_pending_documents(session: Session, limit: int = 100) -> list[int]:
+    """Reports with an SR document recorded but not stored yet (for a retry sweep: call
+    :func:`publish_documents` for each), oldest first."""
+    query = (
+        select(ReportDocument.report_id)
+        .where(ReportDocument.stored_at.is_(None))
+        .group_by(ReportDocument.report_id)
+        .order_by(func.min(ReportDocument.id))
+        .limit(limit)
+    )
+    return list(session.scalars(query))
