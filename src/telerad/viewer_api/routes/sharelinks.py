@@ -14,9 +14,11 @@ Authenticated (``/api/reports``):
   (radiologists who may read it, admins).
 
 Public (no login; the token is the credential): ``GET /share/{token}`` (HTML with embedded key
-images) and ``GET /share/{token}.pdf``. Unknown, expired, revoked and malformed tokens all get
-the same 404; more than ``delivery.share_failures_per_minute`` failures from one address get
-429. Every use is audited under ``/api/reports/{report}/share/{link}`` (never the token).
+images) and ``GET /share/{token}.pdf``: the shared report as it stands when opened, i.e. its
+latest issued version (a signed addendum is shown, never a draft). Unknown, expired, revoked
+and malformed tokens all get the same 404; more than ``delivery.share_failures_per_minute``
+failures from one address get 429. Every use is audited under
+``/api/reports/{report}/share/{link}`` (never the token).
 
 ===== ================================================================================
 400   hours out of range, a draft report, a note over 256 characters
@@ -39,20 +41,24 @@ from sqlalchemy.orm import Session
 from telerad.storage import Report, ShareLink, record_access
 from telerad.viewer_api.deps import AddressDep, PrincipalDep, ServicesDep
 from telerad.viewer_api.ratelimit import FailureLimiter
+from telerad.viewer_api.report_images import render_key_images
 from telerad.viewer_api.routes.notifications import notification_json
 from telerad.viewer_api.security import PermissionDenied
 from telerad.viewer_api.services import Services
 from telerad.worklist import (
     InvalidShareLink,
     Principal,
+    ReportBundle,
     Role,
     ShareLinkNotFound,
+    chain_versions,
     issue_share_link,
     load_bundle,
     notifications_of_report,
     render_report_html,
     render_report_pdf,
     report_accesses,
+    report_chain,
     resolve_share_link,
     revoke_share_link,
     share_links_of,
@@ -304,12 +310,26 @@ def _shared(
     with services.sessions() as session:
         report = session.get(Report, report_id)
         assert report is not None
-        bundle = load_bundle(session, report, services.settings.reports.institution_name)
+        bundle = _issued_bundle(services, session, report)
     if output == "pdf":
         return Response(
             render_report_pdf(bundle), media_type="application/pdf", headers=SHARE_HEADERS
         )
     return HTMLResponse(render_report_html(bundle), headers=SHARE_HEADERS)
+
+
+def _issued_bundle(services: Services, session: Session, report: Report) -> ReportBundle:
+    """The report as it stands now: the latest issued version of the shared report's chain
+    (so that a later addendum is never hidden from the doctor), with the issued versions
+    before it (never a draft) and its key images."""
+    chain = [row for row in report_chain(session, report) if row.status != "draft"]
+    current = chain[-1] if chain else report
+    version = next(v for v in chain_versions(session, chain) if v.id == current.id)
+    images = render_key_images(
+        session, services.objects, current.study_uid, version.content.key_images
+    )
+    institution = services.settings.reports.institution_name
+    return load_bundle(session, current, institution, images, chain=chain)
 
 
 @public_router.get("/share/{token}.pdf", response_class=Response)
