@@ -147,7 +147,9 @@ def test_study_to_report_to_the_county_and_the_referrer(e2e: tuple[Api, Receiver
     created = ok(call(api, "POST", "/api/reports", "rad1",
                       json={"study_uid": study_uid, "template": "ct-chest"}), 201)  # fmt: skip
     report_id = created.json()["id"]
-    saved = ok(call(api, "PUT", f"/api/reports/{report_id}", "rad1", json=CONTENT,
+    key_image = {"sop_instance_uid": sorted(entries)[0], "frame": 1}
+    content = {**CONTENT, "key_images": [key_image]}
+    saved = ok(call(api, "PUT", f"/api/reports/{report_id}", "rad1", json=content,
                     headers={"If-Match": created.headers["ETag"]}))  # fmt: skip
     assert saved.json()["critical_findings"] == ["Pulmonary embolism"]
     ok(call(api, "POST", f"/api/reports/{report_id}/sign", "rad1"))
@@ -206,7 +208,7 @@ def test_study_to_report_to_the_county_and_the_referrer(e2e: tuple[Api, Receiver
     # --- an addendum: a new version, the chain intact, the county told ------------------------
     started = ok(call(api, "POST", f"/api/reports/{report_id}/addendum", "rad1"), 201)
     addendum_id = started.json()["id"]
-    amended = {**CONTENT, "addendum": ADDENDUM}
+    amended = {**content, "addendum": ADDENDUM}
     ok(call(api, "PUT", f"/api/reports/{addendum_id}", "rad1", json=amended,
             headers={"If-Match": started.headers["ETag"]}))  # fmt: skip
     ok(call(api, "POST", f"/api/reports/{addendum_id}/sign", "rad1"))
@@ -239,6 +241,7 @@ def test_study_to_report_to_the_county_and_the_referrer(e2e: tuple[Api, Receiver
                    json={"hours": 24, "note": "GP"}), 201).json()  # fmt: skip
     shared = ok(call(api, "GET", f"/share/{link['token']}", None))
     assert "Bilateral pulmonary embolism." in shared.text and ADDENDUM in shared.text
+    assert shared.text.count('src="data:image/jpeg;base64,') == 1  # the key image, embedded
     assert ok(call(api, "GET", f"/share/{link['token']}.pdf", None)).content.startswith(b"%PDF")
     ok(call(api, "DELETE", f"/api/reports/{report_id}/share/{link['id']}", "rad1"), 204)
     assert call(api, "GET", f"/share/{link['token']}", None).status_code == 404
