@@ -219,6 +219,9 @@ DICOMWEB_ROUTES = [
     ("GET", "/dicomweb/studies/{study}/series/{series}/instances"),
     ("POST", "/dicomweb/studies"),
     ("POST", "/dicomweb/studies/{study}"),
+    ("GET", "/dicomweb/workitems"),
+    ("GET", "/dicomweb/workitems/{workitem}"),
+    ("PUT", "/dicomweb/workitems/{workitem}/state"),
 ]
 
 
@@ -242,7 +245,7 @@ def test_every_dicomweb_route_needs_a_token(shared_api, method, route, token):
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {signed(shared_api, key=FORGED_KEY)}"
-    path = route.format(study=STUDY, series=SERIES)
+    path = route.format(study=STUDY, series=SERIES, workitem=new_uid())
 
     objects = list(shared_api.services.objects.list(""))
 

@@ -44,10 +44,11 @@ class OrderFields:
 
 
 def get_reading_request(session: Session, study_uid: str, actor: Actor) -> ReadingRequest:
-    """The order of ``study_uid`` if ``actor`` may see it; :class:`TaskNotFound` otherwise."""
+    """The order of ``study_uid`` if ``actor`` may see it (an admin, the site's radiographers
+    and readers, the referrer it names); :class:`TaskNotFound` otherwise."""
     validate_uid(study_uid, "Study Instance UID")
     order = session.scalar(select(ReadingRequest).where(ReadingRequest.study_uid == study_uid))
-    if order is None or not _may_see(actor, order.site_id):
+    if order is None or not _may_see(actor, order):
         raise TaskNotFound("no reading request for this study")
     return order
 
@@ -153,9 +154,13 @@ def _update_open_task(
         add_event(session, task, actor, "order-updated", f"priority={priority}", now)
 
 
-def _may_see(actor: Actor, site_id: int | None) -> bool:
+def _may_see(actor: Actor, order: ReadingRequest) -> bool:
+    """Admins; the site's radiographers; its readers; the referrer the order names."""
+    site_id = order.site_id
     if actor.is_admin:
         return True
+    if actor.role == Role.REFERRER:
+        return actor.user_id is not None and order.referrer_user_id == actor.user_id
     if actor.role == Role.RADIOGRAPHER:
         return site_id is not None and site_id == actor.site_id
     if actor.role == Role.RADIOLOGIST:
