@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -109,13 +110,15 @@ USERS = {
     "rg2": ("radiographer", "county2", ()),
     "rad1": ("radiologist", None, ("county1",)),
     "ref1": ("referrer", "county1", ()),
+    "ref2": ("referrer", "county1", ()),
 }
 
 
 @contextmanager
-def running_api(database_url: str, directory: Path) -> Iterator[Api]:
-    """The central API on ``database_url``, with sites county1 and county2 and USERS."""
-    settings = Settings(data_dir=directory / "data", database={"url": database_url})
+def running_api(database_url: str, directory: Path, **overrides: Any) -> Iterator[Api]:
+    """The central API on ``database_url``, with sites county1 and county2 and USERS;
+    ``overrides``: further settings (e.g. ``delivery={"background": False}``)."""
+    settings = Settings(data_dir=directory / "data", database={"url": database_url}, **overrides)
     services = build_services(settings)
     with services.sessions.begin() as session:
         create_site(session, "county1", issuer="COUNTY1", ae_titles=("CT1",))

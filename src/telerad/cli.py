@@ -289,6 +289,29 @@ def cmd_site_modality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site_webhook(args: argparse.Namespace) -> int:
+    """Set (or with --remove, remove) the site's notification webhook; prints the HMAC key."""
+    from telerad.worklist import DeliveryError, remove_site_webhook, set_site_webhook
+
+    sessions = _open_session(_settings(args))
+    with sessions.begin() as session:
+        if args.remove:
+            removed = remove_site_webhook(session, args.name)
+            print(f"webhook of site {args.name} {'removed' if removed else 'was not set'}")
+            return 0
+        if not args.url:
+            print("error: a URL is needed (or --remove)", file=sys.stderr)
+            return 2
+        try:
+            hook, secret = set_site_webhook(session, args.name, args.url, args.secret)
+        except DeliveryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"webhook of site {args.name}: {hook.url}")
+        print(f"HMAC-SHA256 secret (X-Telerad-Signature): {secret}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Write a synthetic CT study as Part-10 files, or send it to a gateway over DICOM."""
     from telerad.demo import ct_study_bytes, write_ct_study
@@ -363,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
     site_modality.add_argument("--host", help="where it accepts Storage Commitment replies")
     site_modality.add_argument("--port", type=int)
     site_modality.set_defaults(func=cmd_site_modality)
+    site_webhook = site.add_parser("webhook", help="set the site's notification webhook")
+    site_webhook.add_argument("name")
+    site_webhook.add_argument("url", nargs="?", help="https://… receiving signed JSON POSTs")
+    site_webhook.add_argument("--secret", help="HMAC key (16+ characters; default: generated)")
+    site_webhook.add_argument("--remove", action="store_true", help="remove the webhook")
+    site_webhook.set_defaults(func=cmd_site_webhook)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True

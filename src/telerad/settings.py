@@ -209,6 +209,19 @@ class DeliverySettings(BaseModel):
     """Notifications and share links (issue 5)."""
 
     share_link_hours: int = Field(default=72, ge=1, le=24 * 90)
+    background: bool = Field(default=True, description="run the notification sender in the API")
+    sender_interval_seconds: float = Field(default=2.0, gt=0, description="outbox poll period")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    retry_base_seconds: float = Field(default=5.0, gt=0, description="first retry delay")
+    retry_max_seconds: float = Field(default=3600.0, gt=0, description="longest retry delay")
+    max_attempts: int = Field(default=10, ge=1, description="failed tries before giving up")
+    critical_renotify_minutes: float = Field(
+        default=15.0, gt=0, description="re-send an unacknowledged critical finding after"
+    )
+    critical_max_escalations: int = Field(default=48, ge=0)
+    share_failures_per_minute: int = Field(
+        default=30, ge=1, description="failed share-link lookups per client address and minute"
+    )
 
 
 class Settings(BaseSettings):

@@ -58,3 +58,16 @@ def test_report_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
 
     assert not without & REPORT_TABLES
     assert set(inspect(engine).get_table_names()) >= REPORT_TABLES
+
+
+DELIVERY_TABLES = {"consultation_messages", "notifications", "site_webhooks", "share_links"}
+
+
+def test_delivery_tables_downgrade_and_upgrade_again(engine: Engine) -> None:
+    command.downgrade(alembic_config(engine), "0004")
+    without = set(inspect(engine).get_table_names())
+
+    migrate(engine)
+
+    assert not without & DELIVERY_TABLES
+    assert set(inspect(engine).get_table_names()) >= DELIVERY_TABLES

@@ -11,6 +11,12 @@ from telerad.storage.completeness import (
     submit_manifest,
 )
 from telerad.storage.database import create_catalog_engine, migrate, session_factory
+from telerad.storage.delivery_models import (
+    ConsultationMessage,
+    Notification,
+    ShareLink,
+    SiteWebhook,
+)
 from telerad.storage.errors import (
     FrameNotFound,
     IngestError,
@@ -74,6 +80,7 @@ __all__ = [
     "Archive",
     "AuditEvent",
     "Base",
+    "ConsultationMessage",
     "FrameNotFound",
     "IngestError",
     "IngestResult",
@@ -90,6 +97,7 @@ __all__ = [
     "ManifestEntry",
     "Modality",
     "NotFound",
+    "Notification",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
@@ -109,8 +117,10 @@ __all__ = [
     "Scope",
     "SearchResult",
     "Series",
+    "ShareLink",
     "Site",
     "SiteToken",
+    "SiteWebhook",
     "StorageError",
     "StorageUnavailable",
     "StoredInstance",

@@ -36,13 +36,24 @@ class Level(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What the caller may see: ``None`` means every site; otherwise these site ids only."""
+    """What the caller may see.
+
+    ``site_ids``: ``None`` means every site, otherwise studies of these sites only.
+    ``study_uids``: ``None`` means no further limit, otherwise (a referrer's scope) only these
+    studies, within the sites above.
+    """
 
     site_ids: frozenset[int] | None = None
+    study_uids: frozenset[str] | None = None
 
-    def allows(self, site_id: int | None) -> bool:
-        """True if a study of ``site_id`` is visible in this scope."""
-        return self.site_ids is None or site_id in self.site_ids
+    def allows(self, site_id: int | None, study_uid: str | None = None) -> bool:
+        """True if a study of ``site_id`` (with ``study_uid``) is visible in this scope.
+
+        A study-limited scope allows nothing when the study is not named.
+        """
+        if self.site_ids is not None and site_id not in self.site_ids:
+            return False
+        return self.study_uids is None or (study_uid is not None and study_uid in self.study_uids)
 
 
 @dataclass(slots=True)
@@ -177,6 +188,8 @@ def _scoped(
 ) -> Select[Any]:
     if scope.site_ids is not None:
         statement = statement.where(Study.site_id.in_(sorted(scope.site_ids)))
+    if scope.study_uids is not None:
+        statement = statement.where(Study.study_uid.in_(sorted(scope.study_uids)))
     if study_uid is not None:
         statement = statement.where(Study.study_uid == study_uid)
     if series_uid is not None:

@@ -85,7 +85,7 @@ def find_instances(
         _stored(row.Instance, row.series_uid, row.study_uid, row.site_id, row.patient_pk)
         for row in session.execute(statement)
     ]
-    if not found or not scope.allows(found[0].site_id):
+    if not found or not scope.allows(found[0].site_id, study_uid):
         raise NotFound("no such resource")
     return found
 

@@ -14,13 +14,18 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from telerad import __version__
 from telerad.settings import Settings
+from telerad.viewer_api.delivery_runtime import start_delivery
 from telerad.viewer_api.problems import register_problem_handlers
 from telerad.viewer_api.proxy import ForwardedHeadersMiddleware
 from telerad.viewer_api.routes import (
     auth,
+    consultation,
+    notifications,
     qido,
     rendered,
     reports,
+    sharelinks,
+    site_webhooks,
     sites,
     stow,
     studies,
@@ -75,9 +80,11 @@ def create_app(
         owned = services is None
         app.state.services = services or build_services(settings)
         loop = _worklist_loop(settings, app.state.services, on_escalated)
+        stop_delivery = start_delivery(app.state.services)
         try:
             yield
         finally:
+            stop_delivery()
             if loop is not None:
                 loop.stop()
             if owned:
@@ -93,6 +100,11 @@ def create_app(
     app.include_router(sites.router, prefix="/api/sites")
     app.include_router(studies.router, prefix="/api/studies")
     app.include_router(reports.router, prefix="/api/reports")
+    app.include_router(consultation.router, prefix="/api/studies")
+    app.include_router(notifications.router, prefix="/api/notifications")
+    app.include_router(site_webhooks.router, prefix="/api/sites")
+    app.include_router(sharelinks.router, prefix="/api/reports")
+    app.include_router(sharelinks.public_router)
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
     app.include_router(wado.router, prefix="/dicomweb")

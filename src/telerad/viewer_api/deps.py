@@ -18,7 +18,7 @@ from telerad.viewer_api.security import (
     scope_for,
 )
 from telerad.viewer_api.services import Services
-from telerad.worklist import Principal
+from telerad.worklist import Principal, Role, referred_study_uids
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 
@@ -54,9 +54,12 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_scope(principal: PrincipalDep) -> Scope:
-    """The studies the caller may see."""
-    return scope_for(principal)
+def get_scope(principal: PrincipalDep, services: ServicesDep) -> Scope:
+    """The studies the caller may see (a referrer's referrals are read per request)."""
+    if principal.role != Role.REFERRER:
+        return scope_for(principal)
+    with services.sessions() as session:
+        return scope_for(principal, referred_study_uids(session, principal))
 
 
 ScopeDep = Annotated[Scope, Depends(get_scope)]

@@ -36,16 +36,22 @@ from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import (
     AccountError,
     InvalidAssignment,
+    InvalidMessage,
     InvalidReportTransition,
+    InvalidShareLink,
     InvalidTransition,
+    InvalidWebhook,
     InvalidWorklistInput,
+    NotificationNotFound,
     NotReportWriter,
     ReportContentError,
     ReportExists,
     ReportNotFound,
     ReportVersionMismatch,
+    ShareLinkNotFound,
     TaskNotFound,
     TaskPermissionDenied,
+    ThreadNotFound,
     TransactionUIDError,
 )
 
@@ -113,6 +119,13 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     TaskNotFound: (404, True),
     InvalidAssignment: (409, True),
     InvalidTransition: (409, True),
+    # delivery (issue 5): thread, notifications, webhooks, share links
+    InvalidMessage: (400, True),
+    InvalidWebhook: (400, True),
+    InvalidShareLink: (400, True),
+    ThreadNotFound: (404, False),
+    NotificationNotFound: (404, False),
+    ShareLinkNotFound: (404, False),
 }
 #: Headers the response to an exception class carries (RFC 9110 §11.6.1, §12.5.3).
 HEADERS_FOR: dict[type[Exception], dict[str, str]] = {

@@ -5,8 +5,9 @@ Users get short-lived HS256 JWT access tokens from the OAuth2 password flow
 token. Every request re-reads the user, so deactivation takes effect at once.
 
 Visibility (DESIGN.md, security model): an admin sees every study; a radiographer and a
-gateway see their site's; a radiologist the sites he reads for; a referrer, for now, nothing
-(his referrals come with the worklist). A study outside the scope looks exactly like a missing one.
+gateway see their site's; a radiologist the sites he reads for; a referrer exactly the studies
+of his site whose order names him as the referring doctor (an explicit referral, never a
+free-text name match). A study outside the scope looks exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -67,14 +68,16 @@ def principal_from_token(session: Session, token: str, secret: str) -> Principal
     return principal_for_user(session, user)
 
 
-def scope_for(principal: Principal) -> Scope:
-    """The studies ``principal`` may see."""
+def scope_for(principal: Principal, referred: frozenset[str] = frozenset()) -> Scope:
+    """The studies ``principal`` may see; ``referred``: the studies whose order names him as
+    the referring doctor (:func:`telerad.worklist.referred_study_uids`), for a referrer."""
     if principal.role == Role.ADMIN:
         return Scope(None)
     if principal.role == Role.RADIOLOGIST:
         return Scope(principal.reading_site_ids)
     if principal.role == Role.REFERRER:
-        return Scope(frozenset())
+        sites = frozenset({principal.site_id}) if principal.site_id is not None else frozenset()
+        return Scope(sites, referred)
     return Scope(frozenset({principal.site_id}) if principal.site_id is not None else frozenset())
 
 

@@ -168,7 +168,7 @@ async def retrieve_study_status(
     def read() -> StudyCompleteness:
         with services.sessions() as session:
             result = study_completeness(session, study)
-        if result is None or not scope.allows(result.site_id):
+        if result is None or not scope.allows(result.site_id, study):
             raise StudyNotFound("no such study")
         return result
 
