@@ -235,6 +235,10 @@ def test_study_to_report_to_the_county_and_the_referrer(e2e: tuple[Api, Receiver
         assert not [n for n in inbox(api, who) if n["study_uid"] == study_uid], who
     assert ok(call(api, "GET", "/dicomweb/studies", "ref2",
                    params={"StudyInstanceUID": study_uid})).json() == []  # fmt: skip
+    # the referrer's own study: its images too (QIDO, metadata); not the other referrer's
+    assert len(ok(call(api, "GET", f"/dicomweb/studies/{study_uid}/metadata", "ref1")).json()) > 1
+    denied = call(api, "GET", f"/dicomweb/studies/{study_uid}/metadata", "ref2")
+    assert denied.status_code == 404
 
     # --- a share link: no login, audited, then revoked ---------------------------------------
     link = ok(call(api, "POST", f"/api/reports/{report_id}/share", "rad1",

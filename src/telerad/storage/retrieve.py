@@ -111,7 +111,7 @@ def find_metadata(
         select(Instance.metadata_json, Study.site_id), study_uid, series_uid, sop_instance_uid
     )
     rows = session.execute(statement).all()
-    if not rows or not scope.allows(rows[0].site_id):
+    if not rows or not scope.allows(rows[0].site_id, study_uid):
         raise NotFound("no such resource")
     return [row.metadata_json for row in rows]
 
