@@ -197,8 +197,10 @@ ADDED = {"QueryRetrieveLevel", "RetrieveAETitle", "SpecificCharacterSet"}
 def test_findscu_study_level_returns_the_sites_studies_with_exactly_the_requested_keys(
     world: World, tmp_path: Path
 ) -> None:
-    keys = ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName", "PatientID",
-            "StudyDate", "StudyDescription", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"]  # fmt: skip
+    keys = [
+        "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName", "PatientID", "StudyDate",
+        "StudyDescription", "NumberOfStudyRelatedInstances", "ModalitiesInStudy",
+    ]  # fmt: skip
     found = findscu(world, STUDY_ROOT, keys, tmp_path)
     by_uid = {ds.StudyInstanceUID: ds for ds in found}
     a, b, r = (world.studies[k] for k in "ABR")
@@ -386,7 +388,7 @@ def _received(directory: Path, uids: set[str], timeout: float = 30) -> dict[str,
             try:
                 data = path.read_bytes()
                 uid = str(_header(data).SOPInstanceUID)
-            except Exception:  # noqa: S112 - still being written
+            except Exception:  # still being written
                 continue
             if uid in uids:
                 found[uid] = data
@@ -475,7 +477,7 @@ def test_getscu_receives_the_study(world: World, tmp_path: Path) -> None:
         out = tmp_path / key
         out.mkdir()
         result = subprocess.run(
-            [dcmtk("getscu"), "-S", "-aet", "CT1", "-aec", "GATEWAY", "-od", str(out),
+            [dcmtk("getscu"), "-S", "-d", "-aet", "CT1", "-aec", "GATEWAY", "-od", str(out),
              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study.uid}",
              "127.0.0.1", str(world.port)],
             capture_output=True, timeout=120,

@@ -25,7 +25,6 @@ from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 
 from telerad.dicom_gateway.centre import CentreClient
-from telerad.dicom_gateway.errors import CentreError
 from telerad.dicom_gateway.outbox import LocalCopy, Outbox
 from telerad.dicom_gateway.spool import Spool
 
@@ -165,8 +164,3 @@ def unsendable(ref: InstanceRef) -> Dataset:
     ds.SOPClassUID = ref.sop_class_uid
     ds.SOPInstanceUID = ref.sop_instance_uid
     return ds
-
-
-def fetch_error(exc: Exception) -> bool:
-    """Errors that fail one sub-operation rather than the whole retrieve."""
-    return isinstance(exc, CentreError | OSError | ValueError)

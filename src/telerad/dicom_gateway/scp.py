@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
@@ -264,6 +265,14 @@ def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
     return context
 
 
+#: Transfer syntaxes of the storage contexts, in order of preference: pynetdicom accepts the
+#: first of these a proposed context lists, and explicit VR keeps every element's VR (and is
+#: how most instances are stored, so a C-GET peer offering it gets them unconverted).
+STORAGE_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    *(syntax for syntax in ALL_TRANSFER_SYNTAXES if syntax != ExplicitVRLittleEndian),
+]
+
 #: The Query/Retrieve SOP Classes served (PS3.4 C.6.1, C.6.2).
 QUERY_RETRIEVE_CLASSES = (
     PatientRootQueryRetrieveInformationModelFind,
@@ -290,7 +299,7 @@ def build_ae(
     # C-GET: accept the role a peer proposes (SCU and/or SCP) on storage contexts
     roles = {"scu_role": True, "scp_role": True} if query_retrieve else {}
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES, **roles)
+        ae.add_supported_context(cast(str, context.abstract_syntax), STORAGE_SYNTAXES, **roles)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
     ae.add_supported_context(StorageCommitmentPushModel, ALL_TRANSFER_SYNTAXES[:4])
     if query_retrieve:
