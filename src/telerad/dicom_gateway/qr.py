@@ -17,6 +17,7 @@ handler's failure status only after the count of sub-operations.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -220,7 +221,10 @@ def handle_move(event: evt.Event, qr: QueryRetrieve) -> Iterator[Any]:
         yield failure(exc, "C-MOVE", event.assoc.requestor.ae_title), None
         return
     store: list[Any] = []  # the destination association, once accepted
-    handlers = [(evt.EVT_ESTABLISHED, lambda e: store.append(e.assoc))]
+    handlers = [
+        (evt.EVT_CONN_OPEN, nodelay),
+        (evt.EVT_ESTABLISHED, lambda e: store.append(e.assoc)),
+    ]
     yield (*address, {"contexts": move_contexts(retrieval.refs), "evt_handlers": handlers})
     yield len(retrieval.refs)
     accepted = store[0].accepted_contexts if store else []
@@ -245,6 +249,14 @@ def handle_get(event: evt.Event, qr: QueryRetrieve) -> Iterator[Any]:
         return
     yield len(retrieval.refs)
     yield from _sub_operations(event, qr, retrieval, event.assoc.accepted_contexts)
+
+
+def nodelay(event: evt.Event) -> None:
+    """TCP_NODELAY on an association we open: each C-STORE is a command PDU then data PDUs,
+    and Nagle's algorithm would hold the next small write for the peer's delayed ACK."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _sub_operations(
