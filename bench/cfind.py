@@ -192,7 +192,16 @@ def orthanc(work: Path, files: Sequence[Path]) -> Iterator[Server]:
             store(dicom_port, "ORTHANC", files, work)
         except BenchError as exc:
             raise BenchError(f"{exc}\n{tail(log)}") from exc
+        with requests.Session() as session:
+            wait_for(lambda: orthanc_instances(session, base) >= len(files), 120, "Orthanc index")
         yield Server("orthanc", dicom_port, "ORTHANC")
+
+
+def orthanc_instances(session: requests.Session, base: str) -> int:
+    """Instances in Orthanc's index (a first C-FIND right after storing once found none)."""
+    response = session.get(f"{base}/statistics", timeout=30)
+    response.raise_for_status()
+    return int(response.json()["CountInstances"])
 
 
 def store(port: int, called: str, files: Sequence[Path], work: Path) -> None:
