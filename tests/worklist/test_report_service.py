@@ -234,3 +234,29 @@ def _stored_bytes(world: World, study_uid: str, sop_instance_uid: str) -> bytes:
             if i.sop_instance_uid == sop_instance_uid
         ]
     return world.archive.objects.get(instance.object_key)
+
+
+def test_background_loop_stores_sr_documents_left_pending(reading: Reading) -> None:
+    """Signing recorded the SR but nothing stored it (as when storage was down): the worklist
+    loop leaves it to the request for a minute, then stores it into the study."""
+    from datetime import UTC, datetime, timedelta
+
+    from telerad.worklist.background import PUBLISH_GRACE, WorklistLoop
+
+    world = reading.world
+    report_id, version = reading.run(
+        create_report, reading.who(), reading.study_uid, "ct-head", HEAD
+    )
+    reading.run(sign_report, reading.who(), report_id, version)
+    loop = WorklistLoop(world.engine, world.policy, archive=world.archive, institution="City")
+
+    now = datetime.now(UTC)
+    assert loop.run_once(now).published == []  # still the request's to store
+    assert _sr_instances(world, reading.study_uid) == []
+    report = loop.run_once(now + PUBLISH_GRACE + timedelta(seconds=1))
+    assert [len(r.stored) for r in report.published] == [1] and not report.errors
+    assert len(_sr_instances(world, reading.study_uid)) == 1
+    with session_factory(world.engine)() as session:
+        assert reports_with_pending_documents(session) == []
+    later = loop.run_once(now + 2 * PUBLISH_GRACE)
+    assert later.published == [] and len(_sr_instances(world, reading.study_uid)) == 1

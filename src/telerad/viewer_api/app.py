@@ -135,6 +135,8 @@ def _worklist_loop(
         WorklistPolicy.from_settings(settings.worklist),
         interval=settings.worklist.escalation_interval_seconds,
         on_escalated=on_escalated,
+        archive=services.archive,
+        institution=settings.reports.institution_name,
     )
     loop.start()
     return loop

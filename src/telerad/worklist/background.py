@@ -14,12 +14,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from telerad.storage import session_factory
+from telerad.storage import Archive, session_factory
 from telerad.worklist.claims import Expired, expire_leases
 from telerad.worklist.escalation import (
     Escalation,
@@ -28,10 +28,17 @@ from telerad.worklist.escalation import (
     flag_near_due,
 )
 from telerad.worklist.intake import IntakeResult, intake_study, studies_awaiting_intake
+from telerad.worklist.report_publish import (
+    PublishResult,
+    publish_documents,
+    reports_with_pending_documents,
+)
 from telerad.worklist.sla import WorklistPolicy
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+#: A pending SR document younger than this is left to the request that recorded it.
+PUBLISH_GRACE = timedelta(seconds=60)
 
 
 def utc_now() -> datetime:
@@ -47,6 +54,7 @@ class PassReport:
     expired: list[Expired] = field(default_factory=list)
     near_due: list[int] = field(default_factory=list)
     escalated: list[Escalation] = field(default_factory=list)
+    published: list[PublishResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -61,25 +69,31 @@ class WorklistLoop:
         interval: float = 30.0,
         clock: Clock = utc_now,
         on_escalated: EscalationHook | None = None,
+        archive: Archive | None = None,
+        institution: str = "telerad",
     ) -> None:
         self.engine = engine
         self.policy = policy
         self.interval = interval
         self.clock = clock
         self.on_escalated = on_escalated
+        self.archive = archive
+        self.institution = institution
         self._readers: sessionmaker[Session] = session_factory(engine)
         self._writers: sessionmaker[Session] = session_factory(engine, writer=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self, now: datetime | None = None) -> PassReport:
-        """One pass: intake sweep, lease expiry, near-due flags, escalation."""
+        """One pass: intake sweep, lease expiry, near-due flags, escalation, and report SR
+        documents whose storing failed (with an ``archive``)."""
         now = now or self.clock()
         report = PassReport()
         self._step(report, "intake", lambda: report.intake.extend(self._sweep(now)))
         self._step(report, "leases", lambda: report.expired.extend(self._expire(now)))
         self._step(report, "near-due", lambda: report.near_due.extend(self._flag(now)))
         self._step(report, "escalation", lambda: report.escalated.extend(self._escalate(now)))
+        self._step(report, "documents", lambda: report.published.extend(self._publish(now)))
         return report
 
     def start(self) -> None:
@@ -130,3 +144,15 @@ class WorklistLoop:
     def _escalate(self, now: datetime) -> list[Escalation]:
         with self._writers.begin() as session:
             return escalate_overdue(session, self.policy, now, self.on_escalated)
+
+    def _publish(self, now: datetime) -> list[PublishResult]:
+        """Store report SR documents left pending (storage was down when the report was
+        issued). Storing is idempotent (the same bytes are rebuilt), so two processes racing
+        on one document cost a duplicate build, never a duplicate instance."""
+        if self.archive is None:
+            return []
+        with self._readers() as session:
+            pending = reports_with_pending_documents(
+                session, self.policy.batch, recorded_before=now - PUBLISH_GRACE
+            )
+        return [publish_documents(self.archive, rid, self.institution) for rid in pending]

@@ -145,14 +145,16 @@ def _record_failure(writer: sessionmaker[Session], document_id: int, exc: Except
         )
 
 
-def reports_with_pending_documents(session: Session, limit: int = 100) -> list[int]:
+def reports_with_pending_documents(
+    session: Session, limit: int = 100, *, recorded_before: datetime | None = None
+) -> list[int]:
     """Reports with an SR document recorded but not stored yet (for a retry sweep: call
-    :func:`publish_documents` for each), oldest first."""
+    :func:`publish_documents` for each), oldest first. ``recorded_before`` leaves out
+    documents the request that recorded them is probably storing right now."""
+    query = select(ReportDocument.report_id).where(ReportDocument.stored_at.is_(None))
+    if recorded_before is not None:
+        query = query.where(ReportDocument.created_at < recorded_before)
     query = (
-        select(ReportDocument.report_id)
-        .where(ReportDocument.stored_at.is_(None))
-        .group_by(ReportDocument.report_id)
-        .order_by(func.min(ReportDocument.id))
-        .limit(limit)
+        query.group_by(ReportDocument.report_id).order_by(func.min(ReportDocument.id)).limit(limit)
     )
     return list(session.scalars(query))
