@@ -57,14 +57,16 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 90  # migrations and start-up on a loaded 2-core machine
+        while True:
             try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("telerad serve did not start")
+            except requests.RequestException:  # not listening yet, or slow to answer
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("telerad serve did not start: " + (tmp_path / "serve.log").read_text())
+            time.sleep(0.1)
         process.dicom_port = dicom_port  # type: ignore[attr-defined]
         yield base, tmp_path / "data", process
     finally:
