@@ -1,0 +1,118 @@
+"""``dicomweb.py --profile``: telerad's API in this process, every thread under cProfile.
+
+The API answers on uvicorn's event-loop thread and runs blocking work in anyio's worker
+threads; ``python -m cProfile`` would see only the main thread. So, as ``_common`` does for the
+gateway, every thread started while profiling gets its own profiler and the statistics are
+merged. The in-process API opens the same data directory as the ``telerad serve`` being
+measured (SQLite in WAL mode and the filesystem store allow a second reader), with the same
+token key, and starts with empty caches, so rendered images are rendered again.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import uvicorn
+from dicomweb_metrics import Metric, Server, metric_urls, timed_get
+from ingest_stow import BenchError
+
+from telerad.settings import Settings
+from telerad.viewer_api import create_app
+
+
+@contextmanager
+def every_thread_profiled() -> Iterator[list[cProfile.Profile]]:
+    """Profile each thread started inside the block; their profiles, once the block ends."""
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+    bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def profiled(self: threading.Thread) -> None:
+        profile = cProfile.Profile()
+        profile.enable()
+        try:
+            bootstrap(self)
+        finally:
+            profile.disable()
+            with lock:
+                profiles.append(profile)
+
+    threading.Thread._bootstrap_inner = profiled  # type: ignore[attr-defined]
+    try:
+        yield profiles
+    finally:
+        threading.Thread._bootstrap_inner = bootstrap  # type: ignore[attr-defined]
+
+
+@contextmanager
+def api_in_thread(data_dir: Path) -> Iterator[str]:
+    """telerad's API over ``data_dir``, served by uvicorn in a thread; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(Settings(data_dir=data_dir))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="api")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        if not server.started:
+            raise BenchError("the in-process API did not start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+def profile_metric(
+    metric: Metric,
+    server: Server,
+    data_dir: Path,
+    study: str,
+    series: str,
+    instances: Sequence[str],
+    *,
+    repeat: int,
+) -> str:
+    """Run ``metric``'s measured requests against an in-process, profiled API; the top
+    functions by cumulative and by own time, and where the full profile was saved."""
+    with every_thread_profiled() as profiles, api_in_thread(data_dir) as base:
+        local = replace(server, root=f"{base}/dicomweb")
+        _, urls = metric_urls(metric, local, study, series, instances, repeat)
+        started = time.perf_counter()
+        with httpx.Client(headers=server.headers, timeout=120) as client:
+            for url in urls:
+                timed_get(client, url, metric.accept, metric.check, len(instances))
+        elapsed = time.perf_counter() - started
+    out = Path(tempfile.gettempdir()) / f"telerad-dicomweb-{metric.key}.prof"
+    stats = pstats.Stats(*profiles)  # type: ignore[arg-type]
+    stats.dump_stats(out)
+    head = (
+        f"profile of telerad, {metric.title}: {len(urls)} requests in {elapsed:.2f} s"
+        f" ({elapsed / len(urls) * 1000:.1f} ms each, profiler overhead included);"
+        f" full profile: {out} (python -m pstats {out})"
+    )
+    return "\n\n".join([head, _top(stats, "cumulative", 30), _top(stats, "tottime", 20)])
+
+
+def _top(stats: pstats.Stats, sort: str, limit: int) -> str:
+    stream = io.StringIO()
+    stats.stream = stream  # type: ignore[attr-defined]
+    stats.strip_dirs().sort_stats(sort).print_stats(limit)
+    lines = stream.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    body = "\n".join(line.rstrip() for line in lines[start:] if line.strip())
+    return f"by {sort}:\n{body}"
