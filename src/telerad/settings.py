@@ -154,6 +154,10 @@ class ViewerSettings(BaseModel):
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS; [] = no CORS headers"
     )
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="proxies whose Forwarded/X-Forwarded-* headers are believed ('*' = any)",
+    )
 
 
 class RenderingSettings(BaseModel):

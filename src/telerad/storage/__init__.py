@@ -53,6 +53,7 @@ from telerad.storage.retrieve import (
     StoredInstance,
     find_instance,
     find_instances,
+    find_metadata,
     read_frame,
     read_frames,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "dicom_json_element",
     "find_instance",
     "find_instances",
+    "find_metadata",
     "is_valid_uid",
     "migrate",
     "open_object_store",

@@ -320,8 +320,22 @@ def _dicom_json(
         raise InvalidInstance(f"header cannot be represented as DICOM JSON: {exc}") from exc
     vr = _pixel_data_vr(data, pixel_offset, dataset)
     if vr is not None:
-        result[f"{PIXEL_DATA_TAG:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/frames/1"}
+        result[f"{PIXEL_DATA_TAG:08X}"] = {"vr": vr, "BulkDataURI": ""}
+    _address_bulk_data(result, f"{instance_uri}/bulk")
     return result
+
+
+def _address_bulk_data(node: dict[str, Any], prefix: str) -> None:
+    """Give every BulkDataURI the path of its element: ``bulk/{tag}`` at the top level and
+    ``bulk/{sequence tag}/{item index}/{tag}`` (0-based, repeated) inside sequences, so that
+    a value nested in a sequence is not confused with a top-level one of the same tag.
+    Pixel Data is ``bulk/7FE00010``: all its frames (PS3.18 §8.7.3.3)."""
+    for tag, attribute in node.items():
+        if "BulkDataURI" in attribute:
+            attribute["BulkDataURI"] = f"{prefix}/{tag}"
+        elif attribute.get("vr") == "SQ":
+            for index, item in enumerate(attribute.get("Value", [])):
+                _address_bulk_data(item, f"{prefix}/{tag}/{index}")
 
 
 def _pixel_data_header(data: bytes, offset: int, dataset: Dataset) -> tuple[str, int, int] | None:
@@ -345,6 +359,10 @@ def _pixel_data_vr(data: bytes, offset: int, dataset: Dataset) -> str | None:
     header = _pixel_data_header(data, offset, dataset)
     if header is not None:
         return header[0]
+    if dataset.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        # The header was read from the inflated stream: offsets say nothing, so look.
+        full = pydicom.dcmread(io.BytesIO(data))
+        return str(full["PixelData"].VR) if "PixelData" in full else None
     return "OW" if len(data) > offset else None
 
 

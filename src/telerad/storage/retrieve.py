@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from telerad.storage.errors import FrameNotFound, NotFound
@@ -23,6 +24,8 @@ from telerad.storage.keys import is_valid_uid
 from telerad.storage.models import Instance, Series, Study
 from telerad.storage.objectstore import ObjectStore
 from telerad.storage.query import Scope
+
+_S = TypeVar("_S", bound=Select[*tuple[Any, ...]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,23 +75,11 @@ def find_instances(
     uids = [u for u in (study_uid, series_uid, sop_instance_uid) if u is not None]
     if not all(is_valid_uid(u) for u in uids):
         raise NotFound("no such resource")
-    statement = (
-        select(Instance, Series.series_uid, Study.study_uid, Study.site_id, Study.patient_pk)
-        .join(Series, Instance.series_pk == Series.id)
-        .join(Study, Series.study_pk == Study.id)
-        .where(Study.study_uid == study_uid)
-    )
-    if series_uid is not None:
-        statement = statement.where(Series.series_uid == series_uid)
-    if sop_instance_uid is not None:
-        statement = statement.where(Instance.sop_instance_uid == sop_instance_uid)
-    statement = statement.order_by(
-        Series.series_number.is_(None),
-        Series.series_number,
-        Series.id,
-        Instance.instance_number.is_(None),
-        Instance.instance_number,
-        Instance.id,
+    statement = _located(
+        select(Instance, Series.series_uid, Study.study_uid, Study.site_id, Study.patient_pk),
+        study_uid,
+        series_uid,
+        sop_instance_uid,
     )
     found = [
         _stored(row.Instance, row.series_uid, row.study_uid, row.site_id, row.patient_pk)
@@ -97,6 +88,55 @@ def find_instances(
     if not found or not scope.allows(found[0].site_id):
         raise NotFound("no such resource")
     return found
+
+
+def find_metadata(
+    session: Session,
+    scope: Scope,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[str]:
+    """The stored DICOM JSON text (with ``BASE_URI_MARKER``) of every visible instance of a
+    study, series or single instance, in :func:`find_instances` order.
+
+    Reads only the metadata column: no frame table is parsed, so a 200-instance series costs
+    one query and the concatenation of its texts (PS3.18 §10.4.1.1.2 Retrieve Metadata).
+    Raises :class:`~telerad.storage.errors.NotFound` as :func:`find_instances` does.
+    """
+    uids = [u for u in (study_uid, series_uid, sop_instance_uid) if u is not None]
+    if not all(is_valid_uid(u) for u in uids):
+        raise NotFound("no such resource")
+    statement = _located(
+        select(Instance.metadata_json, Study.site_id), study_uid, series_uid, sop_instance_uid
+    )
+    rows = session.execute(statement).all()
+    if not rows or not scope.allows(rows[0].site_id):
+        raise NotFound("no such resource")
+    return [row.metadata_json for row in rows]
+
+
+def _located(
+    statement: _S, study_uid: str, series_uid: str | None, sop_instance_uid: str | None
+) -> _S:
+    """``statement`` joined from Instance to Study, filtered by UIDs, in reading order."""
+    statement = (
+        statement.join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .where(Study.study_uid == study_uid)
+    )
+    if series_uid is not None:
+        statement = statement.where(Series.series_uid == series_uid)
+    if sop_instance_uid is not None:
+        statement = statement.where(Instance.sop_instance_uid == sop_instance_uid)
+    return statement.order_by(
+        Series.series_number.is_(None),
+        Series.series_number,
+        Series.id,
+        Instance.instance_number.is_(None),
+        Instance.instance_number,
+        Instance.id,
+    )
 
 
 def find_instance(

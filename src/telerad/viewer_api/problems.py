@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from telerad.storage import (
+    FrameNotFound,
     InvalidKey,
     InvalidManifest,
     ObjectNotFound,
@@ -26,6 +27,8 @@ from telerad.viewer_api.encoding import (
     CorruptContent,
     UnsupportedContentCoding,
 )
+from telerad.viewer_api.negotiation import NotAcceptable
+from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import AccountError
 
@@ -69,7 +72,15 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     PermissionDenied: (403, True),
     ObjectNotFound: (404, False),
     ResourceNotFound: (404, False),
+    # The instance is visible to the caller by then, so the frame numbers may be named.
+    FrameNotFound: (404, True),
+    # The instance has no Pixel Data: its frames are not a resource that exists.
+    NotAnImage: (404, True),
+    NotAcceptable: (406, True),
     ContentTooLarge: (413, True),
+    # The request is valid but the stored bitstream of that frame cannot be decoded: 422
+    # (RFC 9110 §15.5.21) names the frame and says why, not 500; the server stays up.
+    CorruptFrame: (422, True),
     UnsupportedContentCoding: (415, True),
     StorageUnavailable: (503, False),
 }
