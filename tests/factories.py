@@ -86,3 +86,58 @@ def manifest_of(instances: list[bytes]) -> tuple[str, dict[str, str]]:
         entries[ds.SOPInstanceUID] = hashlib.sha256(raw).hexdigest()
     [study_uid] = studies
     return study_uid, entries
+
+
+def encapsulated_pdf(document: bytes, **attributes: Any) -> bytes:
+    """An Encapsulated PDF instance (PS3.3 A.45.1) holding ``document``, in a fresh study."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.SOPInstanceUID = new_uid()
+    ds.StudyInstanceUID = attributes.pop("StudyInstanceUID", new_uid())
+    ds.SeriesInstanceUID = attributes.pop("SeriesInstanceUID", new_uid())
+    ds.PatientName, ds.PatientID = "Doc^Pdf", "PDF0001"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DOC", 99, 1
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = document + b"\0" * (len(document) % 2)
+    ds.EncapsulatedDocumentLength = len(document)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return part10(ds)
+
+
+def multiframe_ct(frames: int = 3, size: int = 16, **attributes: Any) -> bytes:
+    """One native multi-frame MONOCHROME2 instance: frame ``n`` differs from the others."""
+    import numpy as np
+
+    ds = ct_datasets(1, size)[0]
+    pixels = np.stack(
+        [np.full((size, size), 1000 + 300 * n, dtype=np.int16) for n in range(frames)]
+    )
+    pixels[:, : size // 2] -= 500  # a left/right edge, so flips and scaling show
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.NumberOfFrames = frames
+    ds.PixelRepresentation = 1
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return part10(ds)
+
+
+def corrupt_rle_instance() -> bytes:
+    """A CT instance declared RLE Lossless whose one frame is not an RLE stream (PS3.5 G)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    ds = ct_datasets(1)[0]
+    ds.PixelData = encapsulate([b"\x01\x00\x00\x00" + b"\xff" * 61 + b"garbage"])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return part10(ds)

@@ -164,6 +164,14 @@ class RenderingSettings(BaseModel):
     """Server-side rendering of frames (rendered/thumbnail)."""
 
     cache_mb: int = Field(default=256, ge=0, le=65536, description="decoded/rendered cache")
+    jpeg_quality: int = Field(default=90, ge=1, le=100, description="JPEG quality without quality=")
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of PNG output")
+    thumbnail_size: int = Field(default=128, ge=16, le=1024, description="thumbnail box, pixels")
+    prefetch_neighbours: int = Field(
+        default=2, ge=0, le=16, description="slices each side rendered ahead after a request"
+    )
+    prefetch_workers: int = Field(default=1, ge=0, le=8, description="prefetch threads")
+    max_age: int = Field(default=3600, ge=0, le=31536000, description="Cache-Control max-age, s")
 
 
 class WorklistSettings(BaseModel):

@@ -16,7 +16,7 @@ from telerad import __version__
 from telerad.settings import Settings
 from telerad.viewer_api.problems import register_problem_handlers
 from telerad.viewer_api.proxy import ForwardedHeadersMiddleware
-from telerad.viewer_api.routes import auth, qido, sites, stow, studies, wado
+from telerad.viewer_api.routes import auth, qido, rendered, sites, stow, studies, wado
 from telerad.viewer_api.services import Services, build_services
 
 #: Pixel payloads are sent as they are: compressed ones do not shrink, and gzip of raw frames
@@ -70,6 +70,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(stow.router, prefix="/dicomweb")
     app.include_router(qido.router, prefix="/dicomweb")
     app.include_router(wado.router, prefix="/dicomweb")
+    app.include_router(rendered.router, prefix="/dicomweb")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -29,6 +29,7 @@ from telerad.viewer_api.encoding import (
 )
 from telerad.viewer_api.negotiation import NotAcceptable
 from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
+from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import AccountError
 
@@ -55,6 +56,12 @@ class UnsupportedMediaType(HttpProblem):
     status = 415
 
 
+class NotAcceptable(HttpProblem):
+    """406: no media type the caller accepts can represent the resource."""
+
+    status = 406
+
+
 class NotFound(HttpProblem):
     """404: absent, or not visible to the caller (the two look the same)."""
 
@@ -68,6 +75,7 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     InvalidManifest: (400, True),
     AccountError: (400, True),
     CorruptContent: (400, True),
+    RenderParameterError: (400, True),
     AuthenticationFailed: (401, False),
     PermissionDenied: (403, True),
     ObjectNotFound: (404, False),

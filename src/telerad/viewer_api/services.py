@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,7 @@ from telerad.storage import (
     open_object_store,
     session_factory,
 )
+from telerad.viewer_api.rendering.pipeline import Renderer
 
 
 @dataclass
@@ -35,9 +36,14 @@ class Services:
     sessions: sessionmaker[Session]
     token_secret: str
     writer: sessionmaker[Session]
+    renderer: Renderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renderer = Renderer(self.objects, self.settings.rendering)
 
     def close(self) -> None:
         """Release connections."""
+        self.renderer.close()
         self.objects.close()
         self.engine.dispose()
 
