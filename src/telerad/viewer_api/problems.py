@@ -27,7 +27,7 @@ from telerad.viewer_api.encoding import (
     CorruptContent,
     UnsupportedContentCoding,
 )
-from telerad.viewer_api.negotiation import NotAcceptable
+from telerad.viewer_api.negotiation import NotAcceptable as NotAcceptable  # rendered.py too
 from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
 from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
@@ -54,12 +54,6 @@ class UnsupportedMediaType(HttpProblem):
     """415: a body of a media type this route does not take."""
 
     status = 415
-
-
-class NotAcceptable(HttpProblem):
-    """406: no media type the caller accepts can represent the resource."""
-
-    status = 406
 
 
 class NotFound(HttpProblem):
