@@ -23,12 +23,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,6 +62,7 @@ CHROMIUM_ARGS = [
     "--ignore-gpu-blocklist",
 ]
 TIMEOUT_S = 60.0
+UID = re.compile(r"\d+(\.\d+){3,}")
 
 
 def _missing(what: str) -> None:
@@ -82,14 +86,33 @@ class Call:
     url: str
     status: int | None = None
     failure: str | None = None
+    allowed_origin: str | None = None  # the response's Access-Control-Allow-Origin
 
-    @property
-    def failed(self) -> bool:
+    def failed(self, origin: str) -> bool:
+        if self.failure is None and self.allowed_origin != origin:
+            self.failure = f"{self.status} without Access-Control-Allow-Origin: {origin}"
         return self.failure is not None or (self.status or 0) >= 400
 
     def __str__(self) -> str:
         outcome = self.failure if self.failure is not None else self.status
         return f"{outcome} {self.method} {self.url}"
+
+
+class Preflights:
+    """ASGI wrapper noting each CORS preflight reaching telerad (its requested headers); it
+    changes nothing, so the test can tell that Chromium asked before sending the token."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.requested_headers: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = dict(scope["headers"])
+            self.requested_headers.append(
+                headers.get(b"access-control-request-headers", b"").decode().lower()
+            )
+        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -102,21 +125,25 @@ class Viewer:
     browser: Browser
     study: dict[str, str]
     instances: list[str]
+    directory: Path
+    preflights: Preflights
     calls: list[Call] = field(default_factory=list)
 
-    def page(self) -> Page:
+    def page(self, width: int = 1024, height: int = 640) -> Page:
         """A fresh browser context on OHIF that sends the token and records DICOMweb calls
         (from now on: ``calls`` starts empty)."""
         self.calls = []
         context = self.browser.new_context(
-            viewport={"width": 1400, "height": 900},
+            viewport={"width": width, "height": height},
             extra_http_headers={"Authorization": f"Bearer {self.token}"},
         )
         root = f"{self.api}/dicomweb"
 
         def answered(response: Any) -> None:
             if response.url.startswith(root):
-                call = Call(response.request.method, response.url, status=response.status)
+                allowed = response.headers.get("access-control-allow-origin")
+                call = Call(response.request.method, response.url, response.status,
+                            allowed_origin=allowed)  # fmt: skip
                 self.calls.append(call)
 
         def failed(request: Any) -> None:
@@ -127,17 +154,31 @@ class Viewer:
         context.on("requestfailed", failed)
         return context.new_page()
 
+    def summary(self) -> str:
+        """The calls by kind (UIDs shown as {uid}) and outcome, with how many of each."""
+        kinds = Counter(
+            f"{c.failure or c.status} {c.method} {UID.sub('{uid}', c.url.split('/dicomweb')[1])}"
+            for c in self.calls
+        )
+        return "\n".join(f"{n:4d} x {kind}" for kind, n in sorted(kinds.items()))
+
     def failed_calls(self) -> list[str]:
-        return [str(c) for c in self.calls if c.failed]
+        return [str(c) for c in self.calls if c.failed(self.ohif)]
 
     @contextmanager
-    def explained(self) -> Iterator[None]:
-        """On failure, say which of OHIF's DICOMweb calls failed (the usual cause)."""
+    def explained(self, page: Page) -> Iterator[None]:
+        """On failure, say which of OHIF's DICOMweb calls failed (the usual cause) and keep a
+        screenshot of the page."""
         try:
             yield
         except Exception as exc:
             failed = "\n  ".join(self.failed_calls()) or "none"
-            raise AssertionError(f"{exc}\nDICOMweb calls that failed:\n  {failed}") from exc
+            shot = self.directory / f"failed-{time.monotonic_ns()}.png"
+            page.screenshot(path=shot)
+            raise AssertionError(
+                f"{exc}\nDICOMweb calls that failed:\n  {failed}\nthe page: {shot}\n"
+                f"every DICOMweb call:\n{self.summary()}"
+            ) from exc
 
 
 def _store_study(api: str, site_token: str) -> tuple[dict[str, str], list[str]]:
@@ -190,16 +231,19 @@ def viewer(
             create_user(session, "rad1", PASSWORD, "radiologist", reads_for=("county1",))
             site_token = create_site_token(session, "county1")
         try:
-            with serving(create_app(settings, services)) as api:
+            preflights = Preflights(create_app(settings, services))
+            with serving(preflights) as api:
                 study, instances = _store_study(api, site_token)
                 form = {"username": "rad1", "password": PASSWORD}
                 token = httpx.post(f"{api}/api/auth/token", data=form).json()["access_token"]
                 app = ohif_app(dist, ohif_config(f"{api}/dicomweb"))  # type: ignore[arg-type]
                 with serving(app, ohif_socket) as ohif, sync_playwright() as playwright:
-                    browser = playwright.chromium.launch(executable_path=chromium,
-                                                         args=CHROMIUM_ARGS)  # fmt: skip
+                    launch = playwright.chromium.launch
+                    browser = launch(executable_path=chromium, args=CHROMIUM_ARGS)
                     try:
-                        yield Viewer(api, ohif, token, browser, study, instances)
+                        yield Viewer(
+                            api, ohif, token, browser, study, instances, directory, preflights
+                        )
                     finally:
                         browser.close()
         finally:
@@ -209,14 +253,16 @@ def viewer(
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _eventually(check: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -> Any:
+def _eventually(page: Page, check: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -> Any:
+    """Poll ``check`` until true. Waiting through Playwright (not ``time.sleep``) lets it
+    deliver the page's events (the calls recorded) in between."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.25)
-    pytest.fail(f"{what}: not within {timeout:.0f} s")
+        page.wait_for_timeout(50)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def _dismiss(page: Page) -> None:
@@ -251,7 +297,7 @@ def _image_drawn(page: Page, what: str, unlike: np.ndarray | None = None) -> np.
         drawn.append(pixels)
         return True
 
-    _eventually(check, what)
+    _eventually(page, check, what)
     return drawn[-1]
 
 
@@ -268,8 +314,8 @@ def _position(page: Page) -> tuple[int, int] | None:
 
 
 def test_study_list_shows_the_study(viewer: Viewer) -> None:
-    page = viewer.page()
-    with viewer.explained():
+    page = viewer.page(width=1400, height=900)  # narrower, OHIF's list hides Accession
+    with viewer.explained(page):
         page.goto(f"{viewer.ohif}/")
         study = viewer.study
         row = page.locator("tr", has_text=study["accession"])
@@ -285,18 +331,29 @@ def test_study_list_shows_the_study(viewer: Viewer) -> None:
         ]
         searches = [c for c in viewer.calls if "/dicomweb/studies?" in c.url]
         assert searches, "OHIF listed the study without a QIDO-RS search"
+        assert any("authorization" in h for h in viewer.preflights.requested_headers)
+
+        patient = page.locator("input").first  # the Patient column's filter
+        patient.fill("Tester")
+        for name, shown in (("Tester", 1), ("Nobody", 0)):  # wildcard search, OHIF's *x*
+            patient.fill(name)
+            query = f"PatientName=*{name}*"
+            searched = lambda q=query: any(q in c.url and c.status for c in viewer.calls)  # noqa: E731
+            _eventually(page, searched, f"OHIF searches {query}")
+            _eventually(page, lambda n=shown: row.count() == n, f"{query}: {shown} row")
+        print(viewer.summary())  # shown with -s, or when the test fails
         assert viewer.failed_calls() == []
-        page.context.close()
+    page.context.close()
 
 
 def test_viewer_shows_thumbnails_the_image_and_scrolls_to_the_last_slice(viewer: Viewer) -> None:
     page = viewer.page()
-    with viewer.explained():
+    with viewer.explained(page):
         page.goto(f"{viewer.ohif}/viewer?StudyInstanceUIDs={viewer.study['uid']}")
         thumbnail = page.locator('[data-cy="study-browser-thumbnail"] img').first
         thumbnail.wait_for(timeout=TIMEOUT_S * 1000)
-        _eventually(lambda: thumbnail.evaluate("img => img.complete && img.naturalWidth > 0"),
-                    "the series thumbnail is drawn")  # fmt: skip
+        drawn = "img => img.complete && img.naturalWidth > 0"
+        _eventually(page, lambda: thumbnail.evaluate(drawn), "the series thumbnail is drawn")
         assert (
             viewer.study["series"]
             in page.locator('[data-cy="study-browser-thumbnail"]').first.inner_text()
@@ -309,21 +366,25 @@ def test_viewer_shows_thumbnails_the_image_and_scrolls_to_the_last_slice(viewer:
         assert box is not None
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, 120)
-        _eventually(lambda: _position(page) == (2, SLICES), "one wheel step shows the next slice")
+        _eventually(
+            page, lambda: _position(page) == (2, SLICES), "one wheel step shows the next slice"
+        )
         second = _image_drawn(page, "scrolling changes the image", unlike=first)
 
-        def wheel_to_the_end() -> bool:
-            if _position(page) == (SLICES, SLICES):
-                return True
+        for index in range(3, SLICES + 1):  # one slice per wheel step, to the last
             page.mouse.wheel(0, 120)
-            return False
-
-        _eventually(wheel_to_the_end, "the wheel reaches the last slice", timeout=120)
+            _eventually(
+                page, lambda i=index: _position(page) == (i, SLICES), f"slice {index} shown"
+            )
         last = _image_drawn(page, "the last slice is drawn", unlike=second)
         assert np.abs(last - first).mean() > 1.0
 
-        frames = {c.url.split("/instances/")[1].split("/")[0] for c in viewer.calls
-                  if "/frames/" in c.url and c.status == 200}  # fmt: skip
+        frames = {
+            c.url.split("/instances/")[1].split("/")[0]
+            for c in viewer.calls
+            if "/frames/" in c.url and c.status == 200
+        }
         assert frames == set(viewer.instances), "every slice's pixels came from WADO-RS frames"
+        print(viewer.summary())  # shown with -s, or when the test fails
         assert viewer.failed_calls() == []
-        page.context.close()
+    page.context.close()
