@@ -1,4 +1,5 @@
-"""The gateway's HTTP client for the centre: STOW-RS, manifests, the site's modalities.
+"""The gateway's HTTP client for the centre: STOW-RS, manifests, the site's modalities, and
+QIDO-RS / WADO-RS for the query/retrieve SCP.
 
 Authenticated with the site's gateway token (``Authorization: Bearer trs_…``). Errors are
 translated here: connection failures, timeouts, 408, 429 and 5xx are
@@ -8,6 +9,7 @@ translated here: connection failures, timeouts, 408, 429 and 5xx are
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import zlib
 from collections.abc import Mapping, Sequence
@@ -16,9 +18,13 @@ from typing import Any
 
 import httpx
 
-from telerad.dicom_gateway.errors import CentreRefused, CentreUnavailable
+from telerad.dicom_gateway.errors import CentreRefused, CentreUnavailable, QueryRejected
 
 logger = logging.getLogger(__name__)
+
+#: WADO-RS Accept for instances exactly as stored (PS3.18 §8.7.3.5.2, transfer-syntax=*).
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+_IGNORED_KEYS = re.compile(r'ignored matching keys: ([^"]*)')
 
 #: Failure Reasons (PS3.18 Table 10.5.3-2, PS3.4 B.2.3) worth another attempt later.
 TRANSIENT_REASONS = frozenset({0xA700, 0xA701, 0x0110, 0x0212, 0x0213})
@@ -33,6 +39,14 @@ class StowOutcome:
     failed: Mapping[str, int]
     warning: str
     wire_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchAnswer:
+    """A QIDO-RS answer: the matches, and the matching keys the centre did not match on."""
+
+    matches: list[dict[str, Any]]
+    ignored: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +107,45 @@ class CentreClient:
         """The site this token belongs to, with its modalities (``GET /api/sites/me``)."""
         return _json(self._request("GET", "/api/sites/me"))
 
+    def search(self, resource: str, params: Sequence[tuple[str, str]]) -> SearchAnswer:
+        """QIDO-RS ``GET /dicomweb/{resource}`` (PS3.18 §10.6): ``studies``, ``series`` or
+        ``instances``; the centre answers only the site's studies.
+
+        Raises
+        ------
+        QueryRejected
+            The centre found the query malformed (400).
+        CentreUnavailable, CentreRefused
+            As for every request.
+        """
+        headers = {"Accept": "application/dicom+json"}
+        response = self._request(
+            "GET", f"/dicomweb/{resource}", headers=headers, params=params, refused=QueryRejected
+        )
+        matches = response.json() if response.status_code != 204 and response.content else []
+        if not isinstance(matches, list):
+            raise CentreUnavailable("centre answered a search with unexpected JSON")
+        found = _IGNORED_KEYS.search(response.headers.get("Warning", ""))
+        ignored = tuple(k for k in found.group(1).split(",") if k) if found else ()
+        return SearchAnswer(matches, ignored)
+
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> bytes:
+        """WADO-RS Retrieve Instance as stored (PS3.18 §10.4.1.1.3): the Part-10 bytes.
+
+        Raises
+        ------
+        CentreRefused
+            Unknown to the centre (404) or refused.
+        CentreUnavailable
+            Unreachable, or the answer is not one DICOM part.
+        """
+        url = f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}"
+        response = self._request("GET", url, headers={"Accept": AS_STORED})
+        parts = multipart_parts(response.headers.get("Content-Type", ""), response.content)
+        if len(parts) != 1:
+            raise CentreUnavailable(f"centre answered {len(parts)} parts for one instance")
+        return parts[0]
+
     def _request(
         self,
         method: str,
@@ -100,10 +153,18 @@ class CentreClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
+        params: Sequence[tuple[str, str]] | None = None,
+        refused: type[CentreRefused] = CentreRefused,
     ) -> httpx.Response:
+        """Send one request; ``refused`` is raised for a 400 answer."""
         try:
             response = self._client.request(
-                method, url, content=content, headers=headers, json=json
+                method,
+                url,
+                content=content,
+                headers=headers,
+                json=json,
+                params=list(params) if params is not None else None,
             )
         except httpx.HTTPError as exc:
             raise CentreUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -112,6 +173,8 @@ class CentreClient:
             raise CentreUnavailable(f"centre answered {status}")
         if status in (401, 403):
             raise CentreRefused(f"centre refused the site token ({status})")
+        if status == 400:
+            raise refused(f"centre answered 400: {response.text[:200]}")
         if status >= 400 and status != 409:
             raise CentreRefused(f"centre answered {status}: {response.text[:200]}")
         return response
@@ -125,6 +188,28 @@ def _multipart(parts: Sequence[bytes], boundary: str) -> bytes:
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks)
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
+    """The bodies of a multipart/related message (RFC 2387, PS3.18 §8.6.1.2).
+
+    Raises
+    ------
+    CentreUnavailable
+        Not multipart, or without a boundary.
+    """
+    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.lower().startswith("multipart/related") or not found:
+        raise CentreUnavailable(f"centre answered {content_type[:80]!r}, not multipart/related")
+    delimiter = b"\r\n--" + found.group(1).encode()
+    parts = []
+    for chunk in (b"\r\n" + body).split(delimiter)[1:]:
+        if chunk.startswith(b"--"):  # the close delimiter
+            break
+        _headers, separator, content = chunk.partition(b"\r\n\r\n")
+        if separator:
+            parts.append(content)
+    return parts
 
 
 def _gzip(body: bytes) -> bytes:

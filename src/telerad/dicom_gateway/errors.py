@@ -6,12 +6,15 @@ The tree::
     ├── SpoolFull            free space below the watermark, or the disk filled while writing
     ├── SpoolUnavailable     the spool or the outbox cannot be written
     ├── RequestMismatch      the data set contradicts its C-STORE request (class or instance UID)
+    ├── InvalidIdentifier    a C-FIND/C-MOVE/C-GET identifier that cannot be acted on
     └── CentreError          the centre refused or could not be reached
         ├── CentreUnavailable    connection failure, timeout, 5xx, 429: try again later
         └── CentreRefused        4xx other than 408/429: retrying the same request cannot help
+            └── QueryRejected    a QIDO-RS search refused as malformed (400)
 
 Ingest refusals (:class:`telerad.storage.InvalidInstance`) pass through unchanged. The SCP maps
-each class to a DIMSE status in one table (:data:`telerad.dicom_gateway.scp.STORE_STATUS`).
+each class to a DIMSE status in one table (:data:`telerad.dicom_gateway.scp.STORE_STATUS`,
+and :data:`telerad.dicom_gateway.qr.QR_STATUS` for query/retrieve).
 """
 
 from __future__ import annotations
@@ -43,3 +46,11 @@ class CentreUnavailable(CentreError):
 
 class CentreRefused(CentreError):
     """Permanent for this request (bad token, bad request)."""
+
+
+class InvalidIdentifier(GatewayError):
+    """A C-FIND, C-MOVE or C-GET identifier the gateway cannot act on (PS3.4 C.4: 0xA900)."""
+
+
+class QueryRejected(CentreRefused):
+    """The centre refused a QIDO-RS search as malformed (HTTP 400)."""

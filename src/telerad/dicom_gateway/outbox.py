@@ -122,6 +122,15 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalCopy:
+    """A confirmed instance as the gateway received it (``path`` is None once purged)."""
+
+    path: str | None
+    sha256: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class StudyProgress:
     """Per-study figures for the status endpoint, page and CLI."""
 
@@ -496,6 +505,24 @@ class Outbox:
             for uid, state, sop_class in rows:
                 if uid not in found or rank[state] > rank[found[uid][0]]:
                     found[uid] = (state, sop_class)
+        return found
+
+    # -- query/retrieve ----------------------------------------------------------------------
+
+    def confirmed_copies(self, sop_instance_uids: Sequence[str]) -> dict[str, LocalCopy]:
+        """SOP Instance UID → the copy the centre confirmed (the first, if several were), with
+        its spool path while the file is kept, for C-MOVE/C-GET to send without the WAN."""
+        found: dict[str, LocalCopy] = {}
+        for start in range(0, len(sop_instance_uids), 500):
+            chunk = list(sop_instance_uids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(
+                "SELECT sop_instance_uid, CASE WHEN purged_at IS NULL THEN path END, sha256,"  # noqa: S608
+                " transfer_syntax_uid FROM instances WHERE state = 'confirmed'"
+                f" AND sop_instance_uid IN ({marks}) ORDER BY confirmed_at DESC, id DESC",
+                chunk,
+            )
+            found.update((row[0], LocalCopy(*row[1:])) for row in rows)
         return found
 
     # -- status ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from telerad.dicom_gateway.commitment import Committer
 from telerad.dicom_gateway.errors import CentreError
 from telerad.dicom_gateway.forwarder import Completeness, Forwarder
 from telerad.dicom_gateway.outbox import Outbox
+from telerad.dicom_gateway.qr import build_query_retrieve
 from telerad.dicom_gateway.receiver import Receiver
 from telerad.dicom_gateway.scp import CallingAePolicy, FastAssociationServer, start_scp
 from telerad.dicom_gateway.site import Address, SiteConfig
@@ -61,6 +62,10 @@ class Gateway:
             centre_url, site_token, timeout=gateway.request_timeout,
             connections=gateway.parallel + 2,
         )  # fmt: skip
+        self._centre = (centre_url, site_token)
+        self.query_retrieve = build_query_retrieve(
+            settings, self.outbox, self.spool, self.address_of, centre_url, site_token
+        )
         self.wire = wire_mode(settings, centre_url)
         self.policy = CallingAePolicy(accept_any=gateway.accept_any_ae)
         self._site = SiteConfig(tuple(gateway.modalities), gateway.accept_any_ae)
@@ -103,9 +108,9 @@ class Gateway:
             self._site_thread.start()
         if scp:
             self.server = start_scp(self.settings.dicom, self.receiver, self.committer,
-                                    self.policy)  # fmt: skip
+                                    self.policy, self.query_retrieve)  # fmt: skip
             extra = (self.settings.dicom.workers or os.cpu_count() or 1) - 1
-            self._workers = start_workers(self.settings, extra) if extra > 0 else []
+            self._workers = start_workers(self.settings, extra, self._centre) if extra > 0 else []
         if self.policy.accept_any:
             logger.warning(
                 "DEVELOPMENT MODE: the DICOM listener accepts ANY calling AE title; "
@@ -122,6 +127,7 @@ class Gateway:
         self.completeness.stop()
         self.committer.stop()
         self.client.close()
+        self.query_retrieve.client.close()
         self.outbox.close()
 
     @property

@@ -5,6 +5,10 @@
   syntaxes cost nothing to accept.
 * N-ACTION of the Storage Commitment Push Model (PS3.4 Annex J); the N-EVENT-REPORT comes later
   from :class:`telerad.dicom_gateway.commitment.Committer`.
+* With a :class:`telerad.dicom_gateway.qr.QueryRetrieve`: C-FIND, C-MOVE and C-GET of the
+  Patient Root and Study Root models (PS3.4 Annex C, :mod:`telerad.dicom_gateway.qr`); the
+  storage contexts then also accept the SCU/SCP role selection a C-GET SCU proposes
+  (PS3.7 D.3.3.4).
 * Calling AE titles are checked at association time against the site's modalities (rejected
   with result 1, source 1, reason 3 "calling AE title not recognized", PS3.8 §9.3.4).
 * TCP_NODELAY on every accepted socket, a large maximum PDU, SO_REUSEPORT so that several SCP
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
@@ -34,7 +39,16 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.dimse_primitives import C_STORE, N_ACTION
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from telerad.dicom_gateway.commitment import (
@@ -49,6 +63,7 @@ from telerad.dicom_gateway.errors import (
     SpoolUnavailable,
 )
 from telerad.dicom_gateway.outbox import ROUTINE, URGENT
+from telerad.dicom_gateway.qr import QueryRetrieve, handle_find, handle_get, handle_move
 from telerad.dicom_gateway.receiver import Receiver, StoreRequest
 from telerad.settings import DicomSettings
 from telerad.storage import InvalidInstance
@@ -250,8 +265,30 @@ def tls_context(settings: DicomSettings) -> ssl.SSLContext | None:
     return context
 
 
-def build_ae(settings: DicomSettings, policy: CallingAePolicy) -> GatewayAE:
-    """The acceptor with every storage context, verification and storage commitment."""
+#: Transfer syntaxes of the storage contexts, in order of preference: pynetdicom accepts the
+#: first of these a proposed context lists, and explicit VR keeps every element's VR (and is
+#: how most instances are stored, so a C-GET peer offering it gets them unconverted).
+STORAGE_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    *(syntax for syntax in ALL_TRANSFER_SYNTAXES if syntax != ExplicitVRLittleEndian),
+]
+
+#: The Query/Retrieve SOP Classes served (PS3.4 C.6.1, C.6.2).
+QUERY_RETRIEVE_CLASSES = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+
+def build_ae(
+    settings: DicomSettings, policy: CallingAePolicy, *, query_retrieve: bool = False
+) -> GatewayAE:
+    """The acceptor with every storage context, verification and storage commitment, and
+    the Query/Retrieve classes when ``query_retrieve``."""
     ae = GatewayAE(ae_title=settings.ae_title)
     ae.policy = policy
     ae.maximum_pdu_size = settings.max_pdu
@@ -259,10 +296,15 @@ def build_ae(settings: DicomSettings, policy: CallingAePolicy) -> GatewayAE:
     ae.network_timeout = settings.network_timeout
     ae.dimse_timeout = settings.dimse_timeout
     ae.acse_timeout = settings.acse_timeout
+    # C-GET: accept the role a peer proposes (SCU and/or SCP) on storage contexts
+    roles = {"scu_role": True, "scp_role": True} if query_retrieve else {}
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(cast(str, context.abstract_syntax), STORAGE_SYNTAXES, **roles)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
     ae.add_supported_context(StorageCommitmentPushModel, ALL_TRANSFER_SYNTAXES[:4])
+    if query_retrieve:
+        for sop_class in QUERY_RETRIEVE_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES[:4])
     return ae
 
 
@@ -271,15 +313,22 @@ def start_scp(
     receiver: Receiver,
     committer: Committer,
     policy: CallingAePolicy,
+    query_retrieve: QueryRetrieve | None = None,
 ) -> FastAssociationServer:
     """Start listening (non-blocking); ``server.shutdown()`` stops it."""
-    ae = build_ae(settings, policy)
+    ae = build_ae(settings, policy, query_retrieve=query_retrieve is not None)
     handlers: list[tuple[Any, Callable[..., Any], list[Any]] | tuple[Any, Callable[..., Any]]] = [
         (evt.EVT_CONN_OPEN, handle_connection_open),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [receiver]),
         (evt.EVT_N_ACTION, handle_commitment, [committer]),
     ]
+    if query_retrieve is not None:
+        handlers += [
+            (evt.EVT_C_FIND, handle_find, [query_retrieve]),
+            (evt.EVT_C_MOVE, handle_move, [query_retrieve]),
+            (evt.EVT_C_GET, handle_get, [query_retrieve]),
+        ]
     server: FastAssociationServer = ae.make_server(  # type: ignore[assignment]
         (settings.host, settings.port),
         ssl_context=tls_context(settings),

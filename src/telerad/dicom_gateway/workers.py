@@ -24,6 +24,7 @@ from typing import Any
 
 from telerad.dicom_gateway.commitment import Committer
 from telerad.dicom_gateway.outbox import Outbox
+from telerad.dicom_gateway.qr import build_query_retrieve
 from telerad.dicom_gateway.receiver import Receiver
 from telerad.dicom_gateway.scp import CallingAePolicy, start_scp
 from telerad.dicom_gateway.site import Address, SiteConfig
@@ -34,14 +35,19 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def start_workers(settings: Settings, count: int) -> list[BaseProcess]:
-    """Start ``count`` SCP worker processes (spawned: no threads or sockets inherited)."""
+def start_workers(
+    settings: Settings, count: int, centre: tuple[str, str] | None = None
+) -> list[BaseProcess]:
+    """Start ``count`` SCP worker processes (spawned: no threads or sockets inherited).
+
+    ``centre`` is the centre's URL and the site token, for the query/retrieve SCP; they reach
+    the child through multiprocessing's pipe, never its command line or environment."""
     context = multiprocessing.get_context("spawn")
     processes: list[BaseProcess] = []
     for index in range(count):
         process = context.Process(
-            target=run_worker, args=(_worker_settings(settings), index), name=f"scp-{index}",
-            daemon=True,
+            target=run_worker, args=(_worker_settings(settings), index, centre),
+            name=f"scp-{index}", daemon=True,
         )  # fmt: skip
         process.start()
         processes.append(process)
@@ -69,7 +75,7 @@ def _worker_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_worker(options: dict[str, Any], index: int) -> None:
+def run_worker(options: dict[str, Any], index: int, centre: tuple[str, str] | None = None) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
     logging.basicConfig(
@@ -87,13 +93,16 @@ def run_worker(options: dict[str, Any], index: int) -> None:
         timeout=settings.gateway.commitment_timeout,
     )  # fmt: skip
     committer.start()
-    server = start_scp(settings.dicom, Receiver(spool, outbox), committer, site.policy)
+    qr = build_query_retrieve(settings, outbox, spool, site.address_of, *centre) if centre else None
+    server = start_scp(settings.dicom, Receiver(spool, outbox), committer, site.policy, qr)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     while not stopping.wait(2.0):
         site.reload()
     server.shutdown()
     committer.stop()
+    if qr is not None:
+        qr.client.close()
     outbox.close()
     sys.exit(0)
 
