@@ -66,7 +66,7 @@ UID = re.compile(r"\d+(\.\d+){3,}")
 
 
 def _missing(what: str) -> None:
-    """Skip on a workstation; in CI (``CI`` set) a missing prerequisite is a failure."""
+    """Skip on a workstation; in CI (``CI`` set) a missing OHIF build is a failure."""
     if os.environ.get("CI"):
         pytest.fail(f"{what} (CI must provide it: .ci/run)")
     pytest.skip(what)
@@ -216,8 +216,8 @@ def viewer(
     if dist is None:
         _missing(f"{PACKAGE} not fetched: run python tests/ohif/fetch.py")
     chromium = shutil.which("chromium")
-    if chromium is None or sync_playwright is None:
-        _missing("chromium (apt-get install chromium) and playwright (pip) are needed")
+    if chromium is None or sync_playwright is None:  # test prerequisites: never a skip
+        pytest.fail("chromium (apt-get install chromium) and playwright (pip) are needed")
     directory = tmp_path_factory.mktemp("ohif")
     ohif_socket = bound_socket()
     origin = f"http://127.0.0.1:{ohif_socket.getsockname()[1]}"
