@@ -39,6 +39,12 @@ pattern lets it (prefetching the next slices while a reader scrolls). Every resp
 (status, media type, instance count, frame size); a kind that telerad does not serve is
 reported as such rather than aborting the run.
 
+The client sends ``Accept-Encoding: gzip, deflate`` as browsers do. Orthanc's default
+(``HttpCompressionEnabled: true``) then gzips every answer, pixel frames included, which costs it
+tens of milliseconds per frame; telerad compresses JSON only. ``--orthanc-option
+HttpCompressionEnabled=false`` shows Orthanc without that cost. Orthanc's DICOMweb plugin 1.7
+(Debian 12) insists on the three-part ``window=center,width,function``, hence ``linear``.
+
 ``--profile`` then profiles telerad on the call furthest from its target (or the slowest when
 every target is met): an in-process copy of the API over the same data directory, every thread
 profiled, the same requests again; the top functions by cumulative time are printed.
@@ -83,7 +89,14 @@ from dicomweb_metrics import (
     http_latencies,
     throughput,
 )
-from ingest_stow import free_port, multipart_body, orthanc_binary, running, wait_until_up
+from ingest_stow import (
+    free_port,
+    multipart_body,
+    orthanc_binary,
+    parse_option,
+    running,
+    wait_until_up,
+)
 
 from telerad.demo import write_ct_study
 
@@ -159,13 +172,17 @@ def orthanc_config(work: Path, http_port: int, dicom_port: int, password: str) -
 
 
 @contextlib.contextmanager
-def orthanc_server(work: Path, instances: Sequence[bytes]) -> Iterator[Server]:
-    """Orthanc with the DICOMweb plugin, the series stored with STOW-RS."""
+def orthanc_server(
+    work: Path, instances: Sequence[bytes], overrides: dict[str, Any]
+) -> Iterator[Server]:
+    """Orthanc with the DICOMweb plugin (``overrides`` on top of our configuration), the series
+    stored with STOW-RS."""
     if not Path(ORTHANC_PLUGIN).is_file():
         raise BenchError(f"{ORTHANC_PLUGIN} missing (apt-get install orthanc-dicomweb)")
     http_port, dicom_port, password = free_port(), free_port(), secrets.token_urlsafe(12)
     config = work / "orthanc.json"
-    config.write_text(json.dumps(orthanc_config(work, http_port, dicom_port, password)))
+    settings = {**orthanc_config(work, http_port, dicom_port, password), **overrides}
+    config.write_text(json.dumps(settings))
     base = f"http://127.0.0.1:{http_port}"
     log = work / "orthanc.log"
     with running([orthanc_binary(), str(config)], log, base_env(**NODELAY_ENV)) as proc:
@@ -294,7 +311,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-client", type=int, default=100, help="requests per client")
     parser.add_argument("--profile", action="store_true", help="profile the worst telerad call")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--orthanc-option", action="append", default=[], metavar="KEY=JSON",
+        help="override an Orthanc setting, e.g. HttpCompressionEnabled=false (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.orthanc_option = dict(parse_option(parser, o) for o in args.orthanc_option)
     if args.slices < 20 or min(args.repeat, args.clients, args.per_client) < 1:
         parser.error("--slices must be at least 20; --repeat/--clients/--per-client positive")
     return args
@@ -312,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("loading both servers …", file=sys.stderr, flush=True)
             with (
                 telerad_server(work / "telerad", loaded) as (ours, data_dir),
-                orthanc_server(work / "orthanc", instances) as theirs,
+                orthanc_server(work / "orthanc", instances, args.orthanc_option) as theirs,
             ):
                 for server in (ours, theirs):
                     check_server(server, loaded.study, loaded.series, len(loaded.instances))
@@ -326,9 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(as_json(results, args))
         return 0
+    options = ", ".join(f"{k}={json.dumps(v)}" for k, v in args.orthanc_option.items())
     print(
         f"DICOMweb and C-FIND: {args.slices} CT instances 512x512, one client (httpx);"
-        f" load average before {load}, after {load_average()}\n"
+        f" load average before {load}, after {load_average()}"
+        f"{'; Orthanc with ' + options if options else ''}\n"
     )
     print(report(results, ["telerad", "Orthanc"]))
     if profile_text:
