@@ -70,9 +70,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, services)
     child = None if token is None else _spawn_gateway(args, settings, token)
     try:
+        # Forwarded headers are honoured by the app itself, from viewer.forwarded_allow_ips.
         uvicorn.run(
             app, host=settings.http.host, port=settings.http.port, log_level="info",
-            access_log=False,
+            access_log=False, proxy_headers=False,
         )  # fmt: skip
     finally:
         if child is not None:

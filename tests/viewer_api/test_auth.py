@@ -219,6 +219,14 @@ DICOMWEB_ROUTES = [
     ("GET", "/dicomweb/studies/{study}/series/{series}/instances"),
     ("POST", "/dicomweb/studies"),
     ("POST", "/dicomweb/studies/{study}"),
+    ("GET", "/dicomweb/studies/{study}"),
+    ("GET", "/dicomweb/studies/{study}/metadata"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/metadata"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"),
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances/{instance}/bulk/{path}"),
 ]
 
 
@@ -242,7 +250,7 @@ def test_every_dicomweb_route_needs_a_token(shared_api, method, route, token):
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {signed(shared_api, key=FORGED_KEY)}"
-    path = route.format(study=STUDY, series=SERIES)
+    path = route.format(study=STUDY, series=SERIES, instance=STUDY, frames="1", path="7FE00010")
 
     objects = list(shared_api.services.objects.list(""))
 

@@ -10,7 +10,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from telerad.storage import (
     FrameNotFound,
@@ -97,6 +99,15 @@ def _problem(status: int, detail: str, headers: dict[str, str] | None = None) ->
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no route, method not allowed); a 404 has the same body as a
+    missing or hidden resource, so a path that matches no route gives no hint either."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return _problem(404, _GENERIC[404])
+    return await http_exception_handler(request, exc)
+
+
 async def _http_problem(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HttpProblem)
     return _problem(exc.status, exc.detail)
@@ -124,6 +135,7 @@ _GENERIC = {
 def register_problem_handlers(app: FastAPI) -> None:
     """Install one handler per exception class of :data:`STATUS_FOR`."""
     app.add_exception_handler(HttpProblem, _http_problem)
+    app.add_exception_handler(StarletteHTTPException, _unrouted)
     for exc_class, (status, show) in STATUS_FOR.items():
         handler = _handler_for(status, show, HEADERS_FOR.get(exc_class))
         app.add_exception_handler(exc_class, handler)

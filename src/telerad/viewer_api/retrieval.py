@@ -22,8 +22,10 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pack_bits
 from pydicom.tag import Tag
 
 from telerad.storage import FrameNotFound, NotFound, ObjectStore, StoredInstance, read_frames
@@ -184,7 +186,7 @@ def frames_payload(
     decoded = []
     for number, frame in zip(numbers, stored, strict=True):
         try:
-            decoded.append(native_bytes(decode_frame(frame, description)))
+            decoded.append(_octets(decode_frame(frame, description), description.bits_allocated))
         except CorruptFrame as exc:
             raise _corrupt(instance, number, exc) from exc
     return decoded, plan.content_type
@@ -201,10 +203,16 @@ def _decoded_object_frames(
     frames = []
     for number in numbers:
         try:
-            frames.append(native_bytes(decode_object_frame(data, number)))
+            pixels = decode_object_frame(data, number)
+            frames.append(_octets(pixels, instance.bits_allocated or 8))
         except (CorruptFrame, IndexError) as exc:
             raise _corrupt(instance, number, exc) from exc
     return frames
+
+
+def _octets(pixels: np.ndarray, bits_allocated: int) -> bytes:
+    """Uncompressed bulk data: little endian, 1-bit pixels packed as stored (PS3.5 §8.1.1)."""
+    return pack_bits(pixels) if bits_allocated == 1 else native_bytes(pixels)
 
 
 def _corrupt(instance: StoredInstance, number: int, exc: Exception) -> CorruptFrame:

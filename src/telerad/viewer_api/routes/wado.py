@@ -41,6 +41,9 @@ from telerad.storage import (
     find_metadata,
     record_access,
 )
+from telerad.storage import (
+    NotFound as ResourceNotFound,
+)
 from telerad.viewer_api.deps import AddressDep, BaseUrlDep, PrincipalDep, ScopeDep, ServicesDep
 from telerad.viewer_api.negotiation import (
     OCTET_STREAM,
@@ -246,6 +249,11 @@ async def retrieve_bulk_data(
     Data gives all frames, one part each."""
     segments = parse_bulk_path(path)
     [found] = await caller.instances(study, series, instance)
+    normal = "/".join(str(s) for s in segments)
+    if segments != [PIXEL_DATA] and f'/bulk/{normal}"' not in found.metadata_json:
+        # Only what the metadata points at (Pixel Data: also for instances stored before
+        # BulkDataURIs were addressed by path).
+        raise ResourceNotFound("no such bulk data")
     if segments == [PIXEL_DATA]:
         numbers = list(range(1, frame_count(found) + 1))
         return await _frames(request, caller, found, numbers, "wado-bulk", path)
