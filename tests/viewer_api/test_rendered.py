@@ -478,6 +478,7 @@ def test_access_is_audited(shared_api: Api, ct: list[Any]) -> None:
     path = url(ds, "series", "thumbnail")
 
     get(shared_api, path, "rg1")
+    shared_api.services.audit.flush()
 
     with shared_api.services.sessions() as session:
         events = session.scalars(

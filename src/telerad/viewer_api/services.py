@@ -17,6 +17,7 @@ from telerad.storage import (
     open_object_store,
     session_factory,
 )
+from telerad.viewer_api.auditing import AuditWriter
 from telerad.viewer_api.rendering.pipeline import Renderer
 
 
@@ -37,13 +38,16 @@ class Services:
     token_secret: str
     writer: sessionmaker[Session]
     renderer: Renderer = field(init=False)
+    audit: AuditWriter = field(init=False)
 
     def __post_init__(self) -> None:
         self.renderer = Renderer(self.objects, self.settings.rendering)
+        self.audit = AuditWriter(self.writer)
 
     def close(self) -> None:
         """Release connections."""
         self.renderer.close()
+        self.audit.close()
         self.objects.close()
         self.engine.dispose()
 

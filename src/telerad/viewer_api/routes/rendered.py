@@ -21,9 +21,9 @@ Encapsulated PDF instance is ``application/pdf``. What is rendered:
 Without ``window`` the file's first Window Center/Width (with its VOI LUT Function) applies, else
 the frame's full range. Responses carry a strong ``ETag`` (instance content hash and every
 parameter; ``If-None-Match`` gives 304), ``Cache-Control: private, max-age=…``, ``Vary: Accept``
-and ``Cross-Origin-Resource-Policy: cross-origin``. Each answer (200 or 304) is audited; the
-audit row is written right after the image is sent (a background task of the response), so its
-database commit is not part of the viewer's wait.
+and ``Cross-Origin-Resource-Policy: cross-origin``. Each answer (200 or 304) is audited through
+the app's :class:`~telerad.viewer_api.auditing.AuditWriter` (batched, so a scroll through a
+series does not cost one database commit per slice).
 
 ===== ===========================================================================
 400   malformed window, preset, viewport, quality, frame list or UID
@@ -42,7 +42,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
-from starlette.background import BackgroundTask
 
 from telerad.settings import RenderingSettings
 from telerad.storage import (
@@ -50,7 +49,6 @@ from telerad.storage import (
     Scope,
     StoredInstance,
     find_instances,
-    record_access,
     validate_uid,
 )
 from telerad.viewer_api.deps import AddressDep, PrincipalDep, ScopeDep, ServicesDep
@@ -207,14 +205,16 @@ def _answer(
     render = RenderRequest(media_type, *parameters)
     headers = _headers(render.etag(instance.sha256, frame or "all"), settings)
     if _matches(request.headers.get("if-none-match"), headers["ETag"]):
-        return Response(status_code=304, headers=headers, background=BackgroundTask(audit))
+        audit()
+        return Response(status_code=304, headers=headers)
     if frame is None:
         body = renderer.render_instance(instance, render)
     else:
         body = renderer.render(instance, frame, render)
     if not target.thumbnail and target.level in ("instance", "frame"):
         _prefetch(services, scope, renderer, instance, frame, render)
-    return Response(body, media_type=media_type, headers=headers, background=BackgroundTask(audit))
+    audit()
+    return Response(body, media_type=media_type, headers=headers)
 
 
 def _document(
@@ -230,9 +230,11 @@ def _document(
         raise NotAcceptable("this instance is an Encapsulated PDF: application/pdf")
     headers = _headers(RenderRequest(images.PDF, None, None, 0).etag(instance.sha256, 0), settings)
     if _matches(request.headers.get("if-none-match"), headers["ETag"]):
-        return Response(status_code=304, headers=headers, background=BackgroundTask(audit))
+        audit()
+        return Response(status_code=304, headers=headers)
     body = renderer.document(instance)
-    return Response(body, media_type=images.PDF, headers=headers, background=BackgroundTask(audit))
+    audit()
+    return Response(body, media_type=images.PDF, headers=headers)
 
 
 def _parameters(
@@ -352,17 +354,15 @@ def _audit(
     instance: StoredInstance,
 ) -> None:
     action = f"{'thumbnail' if target.thumbnail else 'rendered'}-{target.level}"
-    with services.writer.begin() as session:
-        record_access(
-            session,
-            actor=principal.name,
-            actor_role=principal.role,
-            action=action,
-            resource=request.url.path,
-            source_address=address,
-            study_uids=[instance.study_uid],
-            detail=f"sop={instance.sop_instance_uid} {str(request.url.query)[:1500]}",
-        )
+    services.audit.record(
+        actor=principal.name,
+        actor_role=principal.role,
+        action=action,
+        resource=request.url.path,
+        source_address=address,
+        study_uids=[instance.study_uid],
+        detail=f"sop={instance.sop_instance_uid} {str(request.url.query)[:1500]}",
+    )
 
 
 def _prefetch(
