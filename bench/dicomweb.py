@@ -28,8 +28,8 @@ QIDO instances         ``/studies/{s}/series/{se}/instances`` (every instance), 
 series metadata        ``/studies/{s}/series/{se}/metadata``, ``--repeat``
 frame                  ``…/instances/{i}/frames/1``, ``Accept: multipart/related;
                        type="application/octet-stream"; transfer-syntax=*``, each instance
-C-FIND study           pynetdicom SCU, one association, study root, STUDY level,
-                       PatientID match with six return keys, ``--repeat`` queries
+C-FIND study           ``bench/cfind.py``'s client: pynetdicom, one association, Study
+                       Root, STUDY level, UID matched, nine return keys, ``--repeat``
 =====================  ==================================================================
 
 Before each metric both servers get the same warm-up (the first ``WARMUP`` requests of that
@@ -84,7 +84,7 @@ from dicomweb_metrics import (
     Measured,
     Metric,
     Server,
-    cfind_latencies,
+    cfind_study,
     check_server,
     http_latencies,
     throughput,
@@ -161,7 +161,7 @@ def orthanc_config(work: Path, http_port: int, dicom_port: int, password: str) -
         "DicomPort": dicom_port,
         "DicomAet": "ORTHANC",
         "DicomCheckCalledAet": False,
-        "DicomModalities": {"bench": ["BENCHSCU", "127.0.0.1", free_port()]},
+        "DicomModalities": {"bench": ["CT1", "127.0.0.1", free_port()]},
         "TcpNoDelay": True,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True,
@@ -241,7 +241,7 @@ def run_metric(
     """One metric on one server; an error response is recorded, not raised."""
     try:
         if metric.kind == "cfind":
-            return cfind_latencies(server, PATIENT_ID, args.repeat)
+            return cfind_study(server, loaded.study, args.repeat)
         if metric.kind == "throughput":
             return throughput(server, loaded.study, loaded.series, loaded.instances,
                               clients=args.clients, per_client=args.per_client)  # fmt: skip

@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from cfind import cfind_latencies
 from ingest_stow import BenchError
-from pydicom import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
 #: Requests of each kind both servers get before the clock starts.
 WARMUP = 10
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 DICOM_JSON = "application/dicom+json"
-SUCCESS, PENDING = 0x0000, (0xFF00, 0xFF01)
 
 
 @dataclass(frozen=True)
@@ -306,42 +303,14 @@ def check_server(server: Server, study: str, series: str, count: int) -> None:
 # --- C-FIND ---------------------------------------------------------------------------------
 
 
-def study_query(patient_id: str) -> Dataset:
-    """A study-level query: PatientID matched, six keys returned (PS3.4 C.6.2.1)."""
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.PatientID = patient_id
-    for keyword in ("StudyInstanceUID", "PatientName", "StudyDate", "AccessionNumber",
-                    "StudyDescription", "ModalitiesInStudy"):  # fmt: skip
-        setattr(query, keyword, "")
-    query.NumberOfStudyRelatedInstances = None
-    return query
-
-
-def one_find(assoc: Any, query: Dataset) -> float:
-    """Seconds for one C-FIND to its final response; exactly one match expected."""
-    start = time.perf_counter()
-    responses = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
-    elapsed = time.perf_counter() - start
-    statuses = [int(status.Status) if status else None for status, _ in responses]
-    if statuses[-1:] != [SUCCESS] or sum(s in PENDING for s in statuses) != 1:
-        raise BenchError(f"C-FIND statuses {statuses} (expected one match, then success)")
-    return elapsed
-
-
-def cfind_latencies(server: Server, patient_id: str, repeat: int) -> Measured:
-    """C-FIND round trips on one association (pynetdicom SCU, AE title BENCHSCU)."""
-    ae = AE(ae_title="BENCHSCU")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.called_ae)
-    if not assoc.is_established:
-        raise BenchError(f"{server.name}: C-FIND association not accepted")
+def cfind_study(server: Server, study: str, repeat: int) -> Measured:
+    """C-FIND round trips on one association: ``bench/cfind.py``'s client (pynetdicom, Nagle
+    off as dcmtk's tools have it, Study Root, study level, Study Instance UID matched, nine
+    return keys, exactly one match checked); a first association warms both servers up."""
     try:
-        query = study_query(patient_id)
-        for _ in range(WARMUP):
-            one_find(assoc, query)
-        return Measured([one_find(assoc, query) for _ in range(repeat)])
+        cfind_latencies("127.0.0.1", server.dicom_port, server.called_ae, study, WARMUP)
+        return Measured(
+            cfind_latencies("127.0.0.1", server.dicom_port, server.called_ae, study, repeat)
+        )
     except (ValueError, RuntimeError) as exc:  # no accepted context, association lost
         raise BenchError(f"{server.name}: C-FIND: {exc}") from exc
-    finally:
-        assoc.release()
