@@ -39,7 +39,7 @@ def ohif_config(dicomweb_root: str) -> dict[str, Any]:
         "extensions": [],
         "modes": [],
         "showStudyList": True,
-        "maxNumberOfWebWorkers": 2,
+        "maxNumberOfWebWorkers": 2,  # image decoders; CI machines have two cores
         "showLoadingIndicator": True,
         "defaultDataSourceName": "telerad",
         "dataSources": [
