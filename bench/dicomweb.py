@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cfind
 import httpx
 import pydicom
 import requests
@@ -265,6 +266,8 @@ def report(results: dict[str, dict[str, Measured]], names: Sequence[str]) -> str
             f"{metric.title:<22} | {metric.show(ours):>10} | {metric.show(theirs):>10} | "
             f"{shown:>6} | {metric.target_text:>8} | {met}"
         )
+    if misses := ", ".join(f"{ae} {n}" for ae, n in cfind.MISSES.items()):
+        lines += ["", f"C-FIND queries that found no match (counted in the figures): {misses}"]
     errors = [
         f"  {metric.title} on {name}: {results[metric.key][name].error}"
         for metric in METRICS
