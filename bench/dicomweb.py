@@ -81,6 +81,7 @@ from _common import (
     wait_storescu,
 )
 from dicomweb_metrics import (
+    CFIND_RETRIES,
     METRICS,
     Measured,
     Metric,
@@ -268,6 +269,8 @@ def report(results: dict[str, dict[str, Measured]], names: Sequence[str]) -> str
         )
     if misses := ", ".join(f"{ae} {n}" for ae, n in cfind.MISSES.items()):
         lines += ["", f"C-FIND queries that found no match (counted in the figures): {misses}"]
+    for name, problem in CFIND_RETRIES:
+        lines += [f"C-FIND run on {name} broke off and was run again: {problem}"]
     errors = [
         f"  {metric.title} on {name}: {results[metric.key][name].error}"
         for metric in METRICS
