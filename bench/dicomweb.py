@@ -3,7 +3,7 @@
 Usage::
 
     python bench/dicomweb.py [--slices 200] [--repeat 40] [--clients 8] [--per-client 100]
-                             [--profile] [--json]
+                             [--profile [METRIC]] [--orthanc-option KEY=JSON] [--json]
 
 Both servers run at once on free localhost ports with fresh temporary data directories:
 ``telerad serve`` (the centre's API and site ``local``'s gateway, whose SCP answers C-FIND) and
@@ -45,9 +45,10 @@ tens of milliseconds per frame; telerad compresses JSON only. ``--orthanc-option
 HttpCompressionEnabled=false`` shows Orthanc without that cost. Orthanc's DICOMweb plugin 1.7
 (Debian 12) insists on the three-part ``window=center,width,function``, hence ``linear``.
 
-``--profile`` then profiles telerad on the call furthest from its target (or the slowest when
-every target is met): an in-process copy of the API over the same data directory, every thread
-profiled, the same requests again; the top functions by cumulative time are printed.
+``--profile [METRIC]`` then profiles telerad on METRIC (qido, metadata, frame, jpeg, png), by
+default on the call furthest from its target (or the slowest when every target is met): an
+in-process copy of the API over the same data directory, every thread profiled, the same
+requests again; telerad's functions by cumulative time and all by own time are printed.
 """
 
 from __future__ import annotations
@@ -315,7 +316,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=40, help="QIDO/metadata/C-FIND samples")
     parser.add_argument("--clients", type=int, default=8, help="concurrent rendering clients")
     parser.add_argument("--per-client", type=int, default=100, help="requests per client")
-    parser.add_argument("--profile", action="store_true", help="profile the worst telerad call")
+    parser.add_argument(
+        "--profile", nargs="?", const="worst", default=None, metavar="METRIC",
+        choices=["worst", *(m.key for m in METRICS if m.kind == "http")],
+        help="profile telerad on METRIC (default: the one furthest from its target)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
         "--orthanc-option", action="append", default=[], metavar="KEY=JSON",
@@ -376,7 +381,8 @@ def run_profile(
     """Profile telerad on the worst metric (see :func:`worst_metric`)."""
     from dicomweb_profile import profile_metric
 
-    metric = worst_metric(results)
+    chosen = [m for m in METRICS if m.key == args.profile]
+    metric = chosen[0] if chosen else worst_metric(results)
     if metric is None:
         return "profile: no HTTP metric was measured on both servers"
     return profile_metric(metric, server, data_dir, loaded.study, loaded.series,
