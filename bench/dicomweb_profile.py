@@ -32,20 +32,22 @@ from telerad.viewer_api import create_app
 
 @contextmanager
 def every_thread_profiled() -> Iterator[list[cProfile.Profile]]:
-    """Profile each thread started inside the block; their profiles, once the block ends."""
+    """Profile each thread started inside the block; their profiles. A profile is listed when
+    its thread starts: anyio's worker threads, where the API's blocking work runs, outlive the
+    block (idle in their pool), so their statistics are read while they wait."""
     profiles: list[cProfile.Profile] = []
     lock = threading.Lock()
     bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
 
     def profiled(self: threading.Thread) -> None:
         profile = cProfile.Profile()
+        with lock:
+            profiles.append(profile)
         profile.enable()
         try:
             bootstrap(self)
         finally:
             profile.disable()
-            with lock:
-                profiles.append(profile)
 
     threading.Thread._bootstrap_inner = profiled  # type: ignore[attr-defined]
     try:
@@ -97,7 +99,10 @@ def profile_metric(
                 timed_get(client, url, metric.accept, metric.check, len(instances))
         elapsed = time.perf_counter() - started
     out = Path(tempfile.gettempdir()) / f"telerad-dicomweb-{metric.key}.prof"
-    stats = pstats.Stats(*profiles)  # type: ignore[arg-type]
+    for profile in profiles:
+        profile.create_stats()
+    used = [p for p in profiles if p.stats]  # type: ignore[attr-defined]
+    stats = pstats.Stats(*used)  # type: ignore[arg-type]
     stats.dump_stats(out)
     head = (
         f"profile of telerad, {metric.title}: {len(urls)} requests in {elapsed:.2f} s"
