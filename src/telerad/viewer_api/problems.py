@@ -29,7 +29,7 @@ from telerad.viewer_api.encoding import (
     CorruptContent,
     UnsupportedContentCoding,
 )
-from telerad.viewer_api.negotiation import NotAcceptable
+from telerad.viewer_api.negotiation import NotAcceptable as NotAcceptable  # rendered.py too
 from telerad.viewer_api.pixels import CorruptFrame, NotAnImage
 from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
