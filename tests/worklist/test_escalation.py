@@ -185,3 +185,28 @@ def test_without_repeat_an_overdue_task_escalates_once(archive: Archive, repeat:
 
     assert len(loop.run_once(overdue).escalated) == 1
     assert loop.run_once(overdue + timedelta(days=5)).escalated == []
+
+
+def test_the_default_hook_tells_the_new_and_the_previous_reader(world: World) -> None:
+    """Escalation 'notifies per rule': with delivery's hook, the reader the overdue task goes
+    to and the one it was taken from each get an inbox row, committed with the escalation;
+    the payload names the task and study, never the patient."""
+    import json
+
+    from telerad.storage import Notification
+    from telerad.worklist import notify_task_escalated
+
+    task_id = world.take_in(world.complete_study())
+    loop = WorklistLoop(world.engine, world.policy, on_escalated=notify_task_escalated)
+    [escalation] = loop.run_once(datetime.now(UTC) + timedelta(2)).escalated
+    with session_factory(world.engine)() as session:
+        rows = session.scalars(
+            select(Notification).where(Notification.event == "task-escalated")
+        ).all()
+    assert sorted(r.recipient_user_id for r in rows) == sorted(
+        [world.users["rad1"], world.users["rad3"]]
+    )
+    assert {r.channel for r in rows} == {"inbox"}
+    payload = json.loads(rows[0].payload)
+    assert (payload["task_id"], payload["level"]) == (task_id, escalation.level)
+    assert "patient" not in rows[0].payload.lower()

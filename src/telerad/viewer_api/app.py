@@ -35,7 +35,7 @@ from telerad.viewer_api.routes import (
     worklist_admin,
 )
 from telerad.viewer_api.services import Services, build_services
-from telerad.worklist import EscalationHook, WorklistLoop, WorklistPolicy
+from telerad.worklist import EscalationHook, WorklistLoop, WorklistPolicy, notify_task_escalated
 
 #: Pixel payloads are sent as they are: compressed ones do not shrink, and gzip of raw frames
 #: costs more time than it saves on the links viewers use (frames must come fast).
@@ -72,14 +72,16 @@ def create_app(
     """Build the central API. ``services`` may be given (tests); else built in the lifespan.
 
     The worklist's background loop (intake sweep, leases, SLA escalation) runs while the app
-    does when ``settings.worklist.background`` is on; ``on_escalated`` is its escalation hook.
+    does when ``settings.worklist.background`` is on; ``on_escalated`` is its escalation hook
+    (default: the new reader or pool and the previous reader get an inbox notification).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or build_services(settings)
-        loop = _worklist_loop(settings, app.state.services, on_escalated)
+        hook = on_escalated or notify_task_escalated
+        loop = _worklist_loop(settings, app.state.services, hook)
         stop_delivery = start_delivery(app.state.services)
         try:
             yield

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from telerad.storage import (
     ReaderSite,
+    ReadingPoolMember,
     ReadingRequest,
     ReadingTask,
     SiteWebhook,
@@ -32,6 +33,7 @@ from telerad.storage import (
     User,
 )
 from telerad.worklist.accounts import Principal, Role, site_by_name
+from telerad.worklist.escalation import Escalation
 from telerad.worklist.notifications import (
     ChannelName,
     NotificationEvent,
@@ -232,3 +234,30 @@ def check_webhook_url(url: str) -> None:
 def radiologist_ids_for_site(session: Session, site_id: int) -> Sequence[int]:
     """Users who read for ``site_id``."""
     return session.scalars(select(ReaderSite.user_id).where(ReaderSite.site_id == site_id)).all()
+
+
+def notify_task_escalated(session: Session, task: ReadingTask, escalation: Escalation) -> None:
+    """The worklist's escalation hook: tell the reader (or every member of the pool) the
+    overdue task now goes to, and the reader it was taken from, in the escalating
+    transaction. The payload names the task, study and due time, never the patient."""
+    users = {escalation.to_user_id, escalation.from_user_id}
+    if escalation.to_user_id is None and escalation.pool_id is not None:
+        members = select(ReadingPoolMember.user_id).where(
+            ReadingPoolMember.pool_id == escalation.pool_id
+        )
+        users.update(session.scalars(members))
+    recipients = [Recipient(ChannelName.INBOX, user_id=u) for u in sorted(u for u in users if u)]
+    if not recipients:
+        return
+    payload = {
+        "task_id": task.id,
+        "study_uid": task.study_uid,
+        "priority": task.priority,
+        "due_at": task.due_at.isoformat() if task.due_at else None,
+        "level": escalation.level,
+        "reason": escalation.reason,
+        "links": {"task": f"/api/worklist/{task.id}"},
+    }
+    enqueue(
+        session, NotificationEvent.TASK_ESCALATED, recipients, payload, study_uid=task.study_uid
+    )

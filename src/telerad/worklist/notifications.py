@@ -47,6 +47,7 @@ class NotificationEvent(enum.StrEnum):
     REPORT_ADDENDUM = "report-addendum"
     CRITICAL_FINDING = "critical-finding"
     CONSULTATION = "consultation-message"
+    TASK_ESCALATED = "task-escalated"
 
 
 class ChannelName(enum.StrEnum):
