@@ -89,6 +89,18 @@ def test_pdf_opens_and_its_text_is_extractable(datasets: list[Any]) -> None:
     assert reader.metadata is not None and reader.metadata.title == "CT Head Report 10"
 
 
+def test_pdf_prints_chinese_names_and_text() -> None:
+    """County patients' names are often Chinese (GB18030 at the scanner): the PDF must carry
+    the characters, not empty boxes from a font without CJK glyphs."""
+    datasets = ct_datasets(1, patient_name="Wang^Xiaoming=王^小明")
+    content = {**CONTENT, "sections": {**CONTENT["sections"], "impression": "右侧硬膜下血肿。"}}
+    pdf = render_report_pdf(report_bundle(datasets, content))
+    text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
+    assert "右侧硬膜下血肿。" in text
+    assert "王" in text and "小明" in text
+    assert b"STSong-Light" in pdf
+
+
 STATUSES = [
     ("draft", "report", False, "registered"),
     ("preliminary", "report", False, "preliminary"),

@@ -10,6 +10,7 @@ names and texts outside Latin-1 print as far as the font covers them.
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (
     Flowable,
@@ -49,6 +51,10 @@ _FONT_CANDIDATES = (
     Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
     Path(reportlab.__file__).parent / "fonts" / "Vera.ttf",
 )
+_CJK_FONT = "STSong-Light"
+#: CJK punctuation, kana, unified ideographs (incl. extension A), compatibility ideographs and
+#: full-width forms.
+_CJK_RUN = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]+")
 _font_lock = threading.Lock()
 _IMAGE_WIDTH = 80 * mm
 
@@ -77,8 +83,22 @@ def _styles() -> dict[str, ParagraphStyle]:
 
 
 def _text(value: str) -> str:
-    """Escaped paragraph markup keeping line breaks."""
-    return escape(value).replace("\n", "<br/>")
+    """Escaped paragraph markup keeping line breaks; runs of Chinese/Japanese characters are
+    set in ReportLab's built-in CID font (the TrueType fonts have no CJK glyphs: a patient
+    named 王 would print as empty boxes)."""
+    markup = escape(value).replace("\n", "<br/>")
+    if _CJK_RUN.search(markup) is None:
+        return markup
+    font = _cjk_font()
+    return _CJK_RUN.sub(lambda run: f'<font name="{font}">{run.group(0)}</font>', markup)
+
+
+def _cjk_font() -> str:
+    """Register the CJK CID font once (Adobe's STSong-Light, Unicode; needs no font file)."""
+    with _font_lock:
+        if _CJK_FONT not in pdfmetrics.getRegisteredFontNames():
+            pdfmetrics.registerFont(UnicodeCIDFont(_CJK_FONT))
+    return _CJK_FONT
 
 
 def render_report_pdf(bundle: ReportBundle) -> bytes:

@@ -39,8 +39,9 @@ def json_value(metadata: Mapping[str, Any], keyword: str) -> str:
     if not values:
         return ""
     first = values[0]
-    if isinstance(first, Mapping):  # PN: {"Alphabetic": ...}
-        return str(first.get("Alphabetic", ""))
+    if isinstance(first, Mapping):  # PN: {"Alphabetic", "Ideographic", "Phonetic"} groups
+        groups = [str(first.get(g, "")) for g in ("Alphabetic", "Ideographic", "Phonetic")]
+        return "=".join(groups).rstrip("=")
     return str(first)
 
 
@@ -212,7 +213,14 @@ def format_dicom_date(value: str) -> str:
 
 
 def format_person_name(value: str) -> str:
-    """A DICOM PN (``Family^Given^Middle^Prefix^Suffix``) as ``Prefix Given Middle Family``."""
-    parts = (value.split("=")[0].split("^") + [""] * 5)[:5]
+    """A DICOM PN (``Family^Given^Middle^Prefix^Suffix``, PS3.5 §6.2.1) as ``Prefix Given
+    Middle Family``, followed by its ideographic group in the family-name-first order of
+    Chinese and Japanese names: ``Wang^Xiaoming=王^小明`` → ``Xiaoming Wang (王小明)``."""
+    groups = value.split("=")
+    parts = (groups[0].split("^") + [""] * 5)[:5]
     family, given, middle, prefix, suffix = parts
-    return " ".join(p for p in (prefix, given, middle, family, suffix) if p) or value
+    alphabetic = " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+    ideographic = "".join(groups[1].split("^")[:3]) if len(groups) > 1 else ""
+    if ideographic and alphabetic:
+        return f"{alphabetic} ({ideographic})"
+    return alphabetic or ideographic or value
