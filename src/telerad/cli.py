@@ -317,28 +317,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from telerad.demo import ct_study_bytes, write_ct_study
 
     if not args.send:
-        paths = write_ct_study(args.out, slices=args.slices)
+        paths = write_ct_study(args.out, slices=args.slices, seed=args.seed)
         print(f"wrote {len(paths)} CT slices to {args.out}")
         return 0
     from telerad.dicom_gateway.scu import send_instances
 
     settings = _settings(args)
-    instances = ct_study_bytes(slices=args.slices)
+    instances = ct_study_bytes(slices=args.slices, seed=args.seed)
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
         bar = "#" * (30 * done // total)
         print(f"\rsending [{bar:<30}] {done}/{total}", end="", flush=True)
 
-    result = send_instances(
-        instances, args.host, args.port or settings.dicom.port,
-        called_ae=args.called_ae or settings.dicom.ae_title, calling_ae=args.calling_ae,
-        progress=progress,
-    )  # fmt: skip
+    try:
+        result = send_instances(
+            instances, args.host, args.port or settings.dicom.port,
+            called_ae=args.called_ae or settings.dicom.ae_title, calling_ae=args.calling_ae,
+            progress=progress,
+        )  # fmt: skip
+    except ConnectionError as exc:  # refused association, nobody listening, link cut
+        print(f"\ntelerad demo: error: {exc}", file=sys.stderr)
+        return 2
     seconds = time.monotonic() - started
     codes = ", ".join(f"{code:#06x}: {n}" for code, n in sorted(result.statuses.items()))
     print(f"\nsent {result.sent} CT slices in {seconds:.1f} s ({codes})")
     return 0 if result.ok else 1
+
+
+DATA_DIR_HELP = "data directory (TELERAD_DATA_DIR)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -351,13 +358,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (TELERAD_HTTP__HOST)")
     serve.add_argument("--http-port", type=int, help="HTTP port (TELERAD_HTTP__PORT)")
     serve.add_argument("--dicom-port", type=int, help="DICOM port (TELERAD_DICOM__PORT)")
-    serve.add_argument("--data-dir", type=Path, help="data directory (TELERAD_DATA_DIR)")
+    # SUPPRESS: without the option here, `telerad --data-dir X serve` keeps X (a sub-parser's
+    # default None would overwrite it, and a gateway would open another site's spool)
+    serve.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=DATA_DIR_HELP)
     serve.add_argument("--no-gateway", action="store_true", help="central service only")
     serve.set_defaults(func=cmd_serve)
 
     gateway = commands.add_parser("gateway", help="run a county gateway (DICOM in, STOW-RS out)")
     gateway.add_argument("--dicom-port", type=int, help="DICOM port (TELERAD_DICOM__PORT)")
-    gateway.add_argument("--data-dir", type=Path, help="data directory (TELERAD_DATA_DIR)")
+    gateway.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=DATA_DIR_HELP)
     gateway.set_defaults(func=cmd_gateway)
     gateway_actions = gateway.add_subparsers(dest="action")
     gw_status = gateway_actions.add_parser("status", help="per-study progress of this gateway")
@@ -417,6 +426,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, help="gateway DICOM port (default TELERAD_DICOM__PORT)")
     demo.add_argument("--called-ae", help="gateway AE title (default TELERAD_DICOM__AE_TITLE)")
     demo.add_argument("--calling-ae", default="TELERAD-DEMO", help="our AE title")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="another seed makes another patient and study UIDs"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
