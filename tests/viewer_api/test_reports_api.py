@@ -199,7 +199,12 @@ def test_addendum_chain_over_http(shared_api: Api) -> None:
     ]
     assert versions["versions"][1]["predecessor_id"] == first
     assert get(api, f"/{first}", "rg1").json()["status"] == "final"  # the old one stays readable
-    assert get(api, f"/{second}/fhir", "rg1").json()["status"] == "appended"
+    fhir = get(api, f"/{second}/fhir", "rg1").json()
+    assert fhir["status"] == "appended"
+    assert fhir["conclusion"].splitlines() == [
+        CONTENT["sections"]["impression"],
+        "Addendum 1: Outside CT from 2020 reviewed: lesion is new.",
+    ]
     [series] = sr_series(api, study.uid)
     assert series["00201209"]["Value"] == [2]  # original final SR and the addendum's
     html = get(api, f"/{second}.html", "rg1").text

@@ -100,9 +100,9 @@ def build_diagnostic_report(
     issued = _issued(version)
     if issued:
         resource["issued"] = fhir_instant(issued)
-    impression = version.content.sections.get("impression", "")
-    if impression:
-        resource["conclusion"] = impression
+    conclusion = _conclusion(bundle)
+    if conclusion:
+        resource["conclusion"] = conclusion
     conclusion_codes = _conclusion_codes(version)
     if conclusion_codes:
         resource["conclusionCode"] = conclusion_codes
@@ -156,6 +156,20 @@ def _issued(version: ReportVersion) -> datetime | None:
     if version.signature is not None:
         return version.signature.signed_at
     return version.preliminary_at
+
+
+def _conclusion(bundle: ReportBundle) -> str:
+    """The latest impression of the chain up to this version, followed by the addenda signed
+    after it: an appended report's conclusion is the whole current conclusion."""
+    upto = [v for v in bundle.chain if v.sequence <= bundle.version.sequence] or [bundle.version]
+    impression, addenda = "", list[str]()
+    for item in upto:
+        text = item.content.sections.get("impression", "")
+        if text:
+            impression, addenda = text, []
+        if item.content.addendum:
+            addenda.append(f"Addendum {item.sequence}: {item.content.addendum}")
+    return "\n".join(p for p in (impression, *addenda) if p)
 
 
 def _conclusion_codes(version: ReportVersion) -> list[dict[str, Any]]:
