@@ -120,7 +120,7 @@ def running_api(database_url: str, directory: Path, **overrides: Any) -> Iterato
     ``overrides``: further settings (e.g. ``delivery={"background": False}``)."""
     settings = Settings(data_dir=directory / "data", database={"url": database_url}, **overrides)
     services = build_services(settings)
-    with services.sessions.begin() as session:
+    with services.writer.begin() as session:
         create_site(session, "county1", issuer="COUNTY1", ae_titles=("CT1",))
         create_site(session, "county2", issuer="COUNTY2", ae_titles=("CT2",))
         for name, (role, site, reads_for) in USERS.items():

@@ -51,7 +51,7 @@ def _open_session(settings: Settings) -> Any:
 
     engine = create_catalog_engine(settings.database_url)
     migrate(engine)
-    return session_factory(engine)
+    return session_factory(engine, writer=True)  # the server may be writing: queue, not fail
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     services = build_services(settings)
-    with services.sessions.begin() as session:
+    with services.writer.begin() as session:
         result = bootstrap(session, settings)
         token = None if args.no_gateway else _loopback_token(session)
     _announce(settings, result)

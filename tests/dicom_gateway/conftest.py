@@ -60,7 +60,7 @@ def live_centre(
     """Sites county1 (modality CT1, optionally with a commitment address) and county2."""
     settings = Settings(data_dir=directory / "centre", database={"url": database_url})
     services = build_services(settings)
-    with services.sessions.begin() as session:
+    with services.writer.begin() as session:
         create_site(session, "county1", issuer="COUNTY1")
         site = site_by_name(session, "county1")
         add_modality(session, site, "CT1", "127.0.0.1" if modality_port else None, modality_port)

@@ -167,13 +167,13 @@ def test_me_tells_the_role_and_site(shared_api, who, role, site, reads_for):
 
 
 def test_revoked_site_token_is_refused_at_once(shared_api):
-    with shared_api.services.sessions.begin() as session:
+    with shared_api.services.writer.begin() as session:
         create_site(session, "county3", issuer="COUNTY3")
         token = create_site_token(session, "county3")
     assert me(shared_api, token).status_code == 200
     body, content_type = multipart_related(ct_instances(1))
 
-    with shared_api.services.sessions.begin() as session:
+    with shared_api.services.writer.begin() as session:
         assert revoke_site_tokens(session, "county3") == 1
 
     assert_unauthenticated(me(shared_api, token))
@@ -187,12 +187,12 @@ def test_revoked_site_token_is_refused_at_once(shared_api):
 
 
 def test_deactivated_user_is_refused_at_once(shared_api):
-    with shared_api.services.sessions.begin() as session:
+    with shared_api.services.writer.begin() as session:
         create_user(session, "leaver", PASSWORD, "radiographer", site="county1")
     token = login(shared_api, "leaver", PASSWORD).json()["access_token"]
     assert me(shared_api, token).status_code == 200
 
-    with shared_api.services.sessions.begin() as session:
+    with shared_api.services.writer.begin() as session:
         session.execute(update(User).where(User.username == "leaver").values(active=False))
 
     assert_unauthenticated(me(shared_api, token))

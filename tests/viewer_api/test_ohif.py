@@ -226,7 +226,7 @@ def viewer(
         settings = Settings(data_dir=directory / "data", database={"url": url})
         assert settings.viewer.cors_origins == [origin]
         services = build_services(settings)
-        with services.sessions.begin() as session:
+        with services.writer.begin() as session:
             create_site(session, "county1", issuer="COUNTY1", ae_titles=("CT1",))
             create_user(session, "rad1", PASSWORD, "radiologist", reads_for=("county1",))
             site_token = create_site_token(session, "county1")

@@ -14,7 +14,7 @@ EXTRA_READERS = {"radx": ("county2",)}
 
 def add_readers(api: Api) -> None:
     """Create :data:`EXTRA_READERS` (once per API) and log them in."""
-    with api.services.sessions.begin() as session:
+    with api.services.writer.begin() as session:
         for name, sites in EXTRA_READERS.items():
             if name not in api.tokens:
                 create_user(session, name, PASSWORD, "radiologist", reads_for=sites)
