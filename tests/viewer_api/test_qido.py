@@ -414,6 +414,7 @@ def test_search_is_audited_with_the_studies_returned(shared_api, catalog, path, 
         last = session.scalar(select(func.max(AuditEvent.id))) or 0
 
     search(shared_api, catalog.expand(path), who="rad1")
+    shared_api.services.audit.flush()  # searches are audited by the batched writer
 
     with shared_api.services.sessions() as session:
         rows = session.scalars(
