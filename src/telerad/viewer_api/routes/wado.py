@@ -108,7 +108,14 @@ class Caller:
         )
 
 
-CallerDep = Annotated[Caller, Depends(Caller)]
+async def get_caller(
+    services: ServicesDep, principal: PrincipalDep, scope: ScopeDep, address: AddressDep
+) -> Caller:
+    """The route's :class:`Caller` (a coroutine: a class dependency would cost a thread hop)."""
+    return Caller(services, principal, scope, address)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def _accept(request: Request) -> str | None:
