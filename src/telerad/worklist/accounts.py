@@ -200,14 +200,20 @@ def create_site_token(session: Session, site: str, name: str = "gateway") -> str
 
 def authenticate_site_token(session: Session, token: str) -> Principal | None:
     """The site principal for a valid, unrevoked site token, else None."""
-    row = session.execute(
-        select(SiteToken, Site)
-        .join(Site, SiteToken.site_id == Site.id)
-        .where(SiteToken.token_sha256 == _digest(token), SiteToken.revoked_at.is_(None))
-    ).first()
+    row = session.execute(_site_token_statement(), {"digest": _digest(token)}).first()
     if row is None:
         return None
-    return Principal(f"site:{row.Site.name}", "gateway", row.Site.id, is_site_token=True)
+    return Principal(f"site:{row.name}", "gateway", row.id, is_site_token=True)
+
+
+@lru_cache(maxsize=1)
+def _site_token_statement() -> Select[*tuple[Any, ...]]:
+    """Built once (a gateway's every C-FIND authenticates with its token)."""
+    return (
+        select(Site.id, Site.name)
+        .join(SiteToken, SiteToken.site_id == Site.id)
+        .where(SiteToken.token_sha256 == bindparam("digest"), SiteToken.revoked_at.is_(None))
+    )
 
 
 def revoke_site_tokens(session: Session, site: str, name: str | None = None) -> int:
