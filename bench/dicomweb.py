@@ -4,6 +4,7 @@ Usage::
 
     python bench/dicomweb.py [--slices 200] [--repeat 40] [--clients 8] [--per-client 100]
                              [--profile [METRIC]] [--orthanc-option KEY=JSON] [--json]
+                             [--workers N]
 
 Both servers run at once on free localhost ports with fresh temporary data directories:
 ``telerad serve`` (the centre's API and site ``local``'s gateway, whose SCP answers C-FIND) and
@@ -13,6 +14,10 @@ synthetic CT series (``--slices`` x 512x512, `telerad.demo.ct_study_bytes`) goes
 telerad as a scanner sends it (dcmtk storescu to the gateway, which forwards it to the centre;
 the bench waits until the centre has every instance and the gateway's outbox is quiet), into
 Orthanc with STOW-RS. Loading is not timed.
+
+Processes: Orthanc is one C++ process whose thread pool uses every core; telerad runs
+``--workers`` HTTP worker processes (``http.workers``, default one per core; one Python process
+is one GIL). The output names both.
 
 Then one client (httpx, HTTP/1.1 keep-alive, gzip accepted) measures, on each server in turn,
 metric by metric (so a change in the machine's load hits both alike):
@@ -56,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -122,10 +128,11 @@ class Loaded:
 
 
 @contextlib.contextmanager
-def telerad_server(work: Path, loaded: Loaded) -> Iterator[tuple[Server, Path]]:
-    """``telerad serve`` with the series sent to its gateway by storescu; the server and its
-    data directory."""
+def telerad_server(work: Path, loaded: Loaded, workers: int) -> Iterator[tuple[Server, Path]]:
+    """``telerad serve`` (``workers`` HTTP processes) with the series sent to its gateway by
+    storescu; the server and its data directory."""
     env = {
+        "TELERAD_HTTP__WORKERS": str(workers),
         "TELERAD_GATEWAY__STABLE_SECONDS": "2",
         "TELERAD_AUTH__TOKEN_MINUTES": "600",
         **NODELAY_ENV,
@@ -321,6 +328,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=["worst", *(m.key for m in METRICS if m.kind == "http")],
         help="profile telerad on METRIC (default: the one furthest from its target)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="telerad's HTTP worker processes (http.workers; default: one per core, as Orthanc"
+        " is one process with a thread pool on every core)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
         "--orthanc-option", action="append", default=[], metavar="KEY=JSON",
@@ -344,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loaded, instances = load_series(work, args.slices)
             print("loading both servers …", file=sys.stderr, flush=True)
             with (
-                telerad_server(work / "telerad", loaded) as (ours, data_dir),
+                telerad_server(work / "telerad", loaded, args.workers) as (ours, data_dir),
                 orthanc_server(work / "orthanc", instances, args.orthanc_option) as theirs,
             ):
                 for server in (ours, theirs):
@@ -363,7 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"DICOMweb and C-FIND: {args.slices} CT instances 512x512, one client (httpx);"
         f" load average before {load}, after {load_average()}"
-        f"{'; Orthanc with ' + options if options else ''}\n"
+        f"{'; Orthanc with ' + options if options else ''}"
+    )
+    print(
+        f"processes: telerad serve {args.workers} HTTP worker process(es) (+ the supervisor and"
+        f" the gateway's, which answers C-FIND); Orthanc one multi-threaded process;"
+        f" {os.cpu_count()} cores\n"
     )
     print(report(results, ["telerad", "Orthanc"]))
     if profile_text:

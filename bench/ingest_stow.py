@@ -130,8 +130,9 @@ def wait_until_up(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(requests.ConnectionError):
-            if session.get(url, timeout=2).status_code == 200:
+        # A loaded machine may answer slowly while starting: a timeout is not a failure.
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+            if session.get(url, timeout=5).status_code == 200:
                 return
         time.sleep(0.1)
     raise BenchError(f"{url} not up after {STARTUP_TIMEOUT_S:.0f} s:\n{tail(log)}")

@@ -55,11 +55,16 @@ def _open_session(settings: Settings) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the central API (uvicorn) with the settings' database and object store."""
-    import uvicorn
+    """Start the central API (uvicorn) with the settings' database and object store.
 
+    With ``http.workers`` other than 1 (default: one per core) uvicorn runs that many worker
+    processes on the port, each building its own services (connection pool, render cache,
+    batched audit writer, background loops, which share the database safely); one process is
+    one GIL, so this is what lets rendering use every core.
+    """
     from telerad.bootstrap import bootstrap
     from telerad.viewer_api import build_services, create_app
+    from telerad.viewer_api.serving import run_http, run_http_workers
 
     settings = _settings(args)
     services = build_services(settings)
@@ -67,14 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         result = bootstrap(session, settings)
         token = None if args.no_gateway else _loopback_token(session)
     _announce(settings, result)
-    app = create_app(settings, services)
+    workers = settings.http.worker_count()
+    print(f"HTTP worker processes: {workers}", flush=True)
     child = None if token is None else _spawn_gateway(args, settings, token)
     try:
-        # Forwarded headers are honoured by the app itself, from viewer.forwarded_allow_ips.
-        uvicorn.run(
-            app, host=settings.http.host, port=settings.http.port, log_level="info",
-            access_log=False, proxy_headers=False,
-        )  # fmt: skip
+        if workers == 1:
+            run_http(create_app(settings, services), settings)
+        else:
+            services.close()  # each worker builds its own
+            run_http_workers(settings, workers)
     finally:
         if child is not None:
             _stop_child(child)

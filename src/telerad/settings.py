@@ -59,6 +59,16 @@ class HttpSettings(BaseModel):
         default=None, description="base URL clients see, for RetrieveURL"
     )
     max_request_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="HTTP worker processes sharing the port; 0 = one per core",
+    )
+
+    def worker_count(self) -> int:
+        """The number of HTTP worker processes to run (``workers``, or one per core)."""
+        return self.workers or max(os.cpu_count() or 1, 1)
 
 
 class DicomSettings(BaseModel):

@@ -39,11 +39,13 @@ def assert_unauthenticated(response) -> None:
 
 
 def audit_rows_after(api: Api, last: int) -> list[AuditEvent]:
+    api.services.audit.flush()  # reads are audited by the batched writer
     with api.services.sessions() as session:
         return list(session.scalars(select(AuditEvent).where(AuditEvent.id > last)))
 
 
 def last_audit_id(api: Api) -> int:
+    api.services.audit.flush()
     with api.services.sessions() as session:
         return session.scalar(select(func.max(AuditEvent.id))) or 0
 

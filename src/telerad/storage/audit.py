@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
-from telerad.storage.models import AuditEvent, Study
+from telerad.storage.models import AuditEvent, Study, utcnow
 
 
 def record_access(
@@ -34,23 +34,31 @@ def record_access(
     uids = sorted(set(study_uids))
     patients: dict[str, int] = {}
     if uids:
-        rows = session.execute(
-            select(Study.study_uid, Study.patient_pk).where(Study.study_uid.in_(uids))
-        )
-        patients = {uid: pk for uid, pk in rows}
+        rows_found = session.execute(_PATIENTS_OF_STUDIES, {"uids": uids})
+        patients = {uid: pk for uid, pk in rows_found}
     targets: list[str | None] = list(uids) or [None]
-    for uid in targets:
-        session.add(
-            AuditEvent(
-                actor=actor,
-                actor_role=actor_role,
-                action=action,
-                resource=resource[:512],
-                study_uid=uid,
-                patient_pk=patients.get(uid) if uid else None,
-                source_address=source_address[:64],
-                outcome=outcome,
-                detail=detail,
-            )
-        )
+    rows = [
+        {
+            "at": utcnow(),
+            "actor": actor,
+            "actor_role": actor_role,
+            "action": action,
+            "resource": resource[:512],
+            "study_uid": uid,
+            "patient_pk": patients.get(uid) if uid else None,
+            "source_address": source_address[:64],
+            "outcome": outcome,
+            "detail": detail,
+        }
+        for uid in targets
+    ]
+    # Core INSERT (one executemany), not ORM objects: the audit write is on every read's path.
+    session.execute(_INSERT_EVENT, rows)
     return len(uids) or 1
+
+
+#: Built once (a statement costs more to build than to run here).
+_PATIENTS_OF_STUDIES = select(Study.study_uid, Study.patient_pk).where(
+    Study.study_uid.in_(bindparam("uids", expanding=True))
+)
+_INSERT_EVENT = insert(AuditEvent)

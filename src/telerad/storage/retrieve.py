@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from telerad.storage.errors import FrameNotFound, NotFound
@@ -75,16 +76,9 @@ def find_instances(
     uids = [u for u in (study_uid, series_uid, sop_instance_uid) if u is not None]
     if not all(is_valid_uid(u) for u in uids):
         raise NotFound("no such resource")
-    statement = _located(
-        select(Instance, Series.series_uid, Study.study_uid, Study.site_id, Study.patient_pk),
-        study_uid,
-        series_uid,
-        sop_instance_uid,
-    )
-    found = [
-        _stored(row.Instance, row.series_uid, row.study_uid, row.site_id, row.patient_pk)
-        for row in session.execute(statement)
-    ]
+    statement = _instances_statement(series_uid is not None, sop_instance_uid is not None)
+    rows = session.execute(statement, _uid_parameters(study_uid, series_uid, sop_instance_uid))
+    found = [_stored(row) for row in rows]
     if not found or not scope.allows(found[0].site_id, study_uid):
         raise NotFound("no such resource")
     return found
@@ -107,28 +101,55 @@ def find_metadata(
     uids = [u for u in (study_uid, series_uid, sop_instance_uid) if u is not None]
     if not all(is_valid_uid(u) for u in uids):
         raise NotFound("no such resource")
-    statement = _located(
-        select(Instance.metadata_json, Study.site_id), study_uid, series_uid, sop_instance_uid
-    )
-    rows = session.execute(statement).all()
+    statement = _metadata_statement(series_uid is not None, sop_instance_uid is not None)
+    parameters = _uid_parameters(study_uid, series_uid, sop_instance_uid)
+    rows = session.execute(statement, parameters).all()
     if not rows or not scope.allows(rows[0].site_id, study_uid):
         raise NotFound("no such resource")
     return [row.metadata_json for row in rows]
 
 
-def _located(
-    statement: _S, study_uid: str, series_uid: str | None, sop_instance_uid: str | None
-) -> _S:
-    """``statement`` joined from Instance to Study, filtered by UIDs, in reading order."""
+# The statements are built once per shape with bound parameters: building a SQLAlchemy
+# statement and its cache key costs more than running the query (a frame or rendered request
+# makes one of these).
+
+
+@lru_cache(maxsize=4)
+def _instances_statement(by_series: bool, by_instance: bool) -> Select[*tuple[Any, ...]]:
+    # Plain columns, not ORM entities: no identity map or instance state per row.
+    columns = (*_INSTANCE_COLUMNS, Series.series_uid, Study.study_uid, Study.site_id,
+               Study.patient_pk)  # fmt: skip
+    return _located(select(*columns), by_series, by_instance)
+
+
+@lru_cache(maxsize=4)
+def _metadata_statement(by_series: bool, by_instance: bool) -> Select[*tuple[Any, ...]]:
+    return _located(select(Instance.metadata_json, Study.site_id), by_series, by_instance)
+
+
+def _uid_parameters(
+    study_uid: str, series_uid: str | None, sop_instance_uid: str | None
+) -> dict[str, str]:
+    parameters = {"study_uid": study_uid}
+    if series_uid is not None:
+        parameters["series_uid"] = series_uid
+    if sop_instance_uid is not None:
+        parameters["sop_instance_uid"] = sop_instance_uid
+    return parameters
+
+
+def _located(statement: _S, by_series: bool, by_instance: bool) -> _S:
+    """``statement`` joined from Instance to Study, filtered by the bound UIDs
+    (``study_uid``, and ``series_uid``/``sop_instance_uid`` if asked), in reading order."""
     statement = (
         statement.join(Series, Instance.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)
-        .where(Study.study_uid == study_uid)
+        .where(Study.study_uid == bindparam("study_uid"))
     )
-    if series_uid is not None:
-        statement = statement.where(Series.series_uid == series_uid)
-    if sop_instance_uid is not None:
-        statement = statement.where(Instance.sop_instance_uid == sop_instance_uid)
+    if by_series:
+        statement = statement.where(Series.series_uid == bindparam("series_uid"))
+    if by_instance:
+        statement = statement.where(Instance.sop_instance_uid == bindparam("sop_instance_uid"))
     return statement.order_by(
         Series.series_number.is_(None),
         Series.series_number,
@@ -178,9 +199,24 @@ def read_frames(
     return [read_frame(objects, instance, number) for number in numbers]
 
 
-def _stored(
-    row: Instance, series_uid: str, study_uid: str, site_id: int | None, patient_pk: int
-) -> StoredInstance:
+#: The Instance columns a :class:`StoredInstance` is built from.
+_INSTANCE_COLUMNS = (
+    Instance.sop_instance_uid,
+    Instance.sop_class_uid,
+    Instance.transfer_syntax_uid,
+    Instance.object_key,
+    Instance.size,
+    Instance.sha256,
+    Instance.number_of_frames,
+    Instance.rows,
+    Instance.columns,
+    Instance.bits_allocated,
+    Instance.frame_ranges,
+    Instance.metadata_json,
+)
+
+
+def _stored(row: Any) -> StoredInstance:
     ranges = None
     if row.frame_ranges:
         ranges = tuple(
@@ -188,8 +224,8 @@ def _stored(
             for frame in json.loads(row.frame_ranges)
         )
     return StoredInstance(
-        study_uid=study_uid,
-        series_uid=series_uid,
+        study_uid=row.study_uid,
+        series_uid=row.series_uid,
         sop_instance_uid=row.sop_instance_uid,
         sop_class_uid=row.sop_class_uid,
         transfer_syntax_uid=row.transfer_syntax_uid,
@@ -202,6 +238,6 @@ def _stored(
         bits_allocated=row.bits_allocated,
         frame_ranges=ranges,
         metadata_json=row.metadata_json,
-        site_id=site_id,
-        patient_pk=patient_pk,
+        site_id=row.site_id,
+        patient_pk=row.patient_pk,
     )

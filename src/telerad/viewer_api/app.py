@@ -126,6 +126,13 @@ def create_app(
     return app
 
 
+def create_app_from_environment() -> FastAPI:
+    """The app of one HTTP worker process: settings from ``TELERAD_…`` variables and
+    ``TELERAD_CONFIG`` (``telerad serve`` exports what its command line changed), services
+    built in the worker's own lifespan (uvicorn's ``factory`` entry point)."""
+    return create_app(Settings())
+
+
 def _worklist_loop(
     settings: Settings, services: Services, on_escalated: EscalationHook | None
 ) -> WorklistLoop | None:

@@ -1,15 +1,21 @@
-"""A background writer of audit events for high-volume reads (rendered images, thumbnails).
+"""A background writer of audit events for every read of patient data (QIDO-RS searches,
+WADO-RS metadata, instances, frames and bulk data, rendered images and thumbnails).
 
-A viewer scrolling a 500-slice series makes hundreds of image requests a minute; committing
-one audit row per request (with SQLite's FULL sync, an fsync each) would cost more than
-rendering the image. :class:`AuditWriter` queues the events and appends them in batches, one
-transaction per batch, from one thread, usually within a few tens of milliseconds.
+A viewer scrolling a 500-slice series makes hundreds of requests a minute; committing one
+audit row per request (with SQLite's FULL sync, an fsync each) would cost more than serving
+the request. :class:`AuditWriter` queues the events and appends them in batches, one
+transaction per batch, from one thread. There is no waiting window: the thread starts a batch
+as soon as an event arrives and takes whatever else is queued by then, so an idle server
+commits an event within about one commit time (a few milliseconds), and a busy one gathers
+the events that arrived during the previous commit into the next.
 
 Guarantees: every event is written (a full queue makes the caller write its event itself,
-never drops it); :meth:`AuditWriter.close` (the app's shutdown) and :meth:`AuditWriter.flush`
-write everything queued. A process killed outright loses at most the events of the batch
-being gathered. A batch that cannot be written is retried, then logged as lost (count only:
-no patient data in logs).
+never drops it); :meth:`AuditWriter.close` (the app's shutdown, also on SIGTERM/SIGINT) and
+:meth:`AuditWriter.flush` write everything queued. The crash window, honestly: a process killed
+outright (SIGKILL, power loss) loses the events queued but not yet committed — normally those
+of the last commit time, but up to ``max_queued`` if the database has stalled for that long —
+while the responses for them may already have been sent. A batch that cannot be written is
+retried, then logged as lost (count only: no patient data in logs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Dependencies shared by the routers (``Annotated`` aliases, as in FastAPI's docs)."""
+"""Dependencies shared by the routers (``Annotated`` aliases, as in FastAPI's docs).
+
+Dependencies that do not block are ``async def``: FastAPI runs a plain ``def`` dependency in
+the thread pool, and a DICOMweb request resolves about ten of them, so a hop each would cost
+more than the work. Those that query the database make exactly one hop.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from telerad.storage import Scope
 from telerad.viewer_api.security import (
@@ -23,7 +29,7 @@ from telerad.worklist import Principal, Role, referred_study_uids
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """The app's services (built in the lifespan)."""
     services: Services = request.app.state.services
     return services
@@ -41,31 +47,40 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(
+async def get_principal(
     services: ServicesDep, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
-    """The authenticated caller; 401 without a valid bearer token."""
+    """The authenticated caller; 401 without a valid bearer token. The user is read on every
+    request (one query), so a deactivated user is refused at once."""
     if not token:
         raise AuthenticationFailed("bearer token required")
-    with services.sessions() as session:
-        return principal_from_token(session, token, services.token_secret)
+
+    def resolve() -> Principal:
+        with services.sessions() as session:
+            return principal_from_token(session, token, services.token_secret)
+
+    return await run_in_threadpool(resolve)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_scope(principal: PrincipalDep, services: ServicesDep) -> Scope:
+async def get_scope(principal: PrincipalDep, services: ServicesDep) -> Scope:
     """The studies the caller may see (a referrer's referrals are read per request)."""
     if principal.role != Role.REFERRER:
         return scope_for(principal)
-    with services.sessions() as session:
-        return scope_for(principal, referred_study_uids(session, principal))
+
+    def referred() -> frozenset[str]:
+        with services.sessions() as session:
+            return referred_study_uids(session, principal)
+
+    return scope_for(principal, await run_in_threadpool(referred))
 
 
 ScopeDep = Annotated[Scope, Depends(get_scope)]
 
 
-def require_store(principal: PrincipalDep) -> Principal:
+async def require_store(principal: PrincipalDep) -> Principal:
     """Callers allowed to store instances."""
     if not may_store(principal):
         raise PermissionDenied("this role may not store instances")
@@ -75,12 +90,12 @@ def require_store(principal: PrincipalDep) -> Principal:
 StorerDep = Annotated[Principal, Depends(require_store)]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The peer address, for the audit log."""
     return request.client.host if request.client else ""
 
 
-def dicomweb_base(request: Request, services: ServicesDep) -> str:
+async def dicomweb_base(request: Request, services: ServicesDep) -> str:
     """Absolute base URL of the DICOMweb service, for RetrieveURL and BulkDataURI."""
     public = services.settings.http.public_url
     root = public.rstrip("/") if public else str(request.base_url).rstrip("/")

@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from telerad.storage import Scope, User
-from telerad.worklist import Principal, Role, authenticate_site_token, principal_for_user
+from telerad.storage import Scope
+from telerad.worklist import Principal, Role, active_principal, authenticate_site_token
 
 ALGORITHM = "HS256"
 SITE_TOKEN_PREFIX = "trs_"  # noqa: S105 - a prefix, not a secret
@@ -62,10 +61,10 @@ def principal_from_token(session: Session, token: str, secret: str) -> Principal
         raise AuthenticationFailed(f"invalid token: {exc}") from exc
     if claims.get("typ") != "access":
         raise AuthenticationFailed("not an access token")
-    user = session.scalar(select(User).where(User.username == claims["sub"], User.active.is_(True)))
-    if user is None:
+    principal = active_principal(session, str(claims["sub"]))
+    if principal is None:
         raise AuthenticationFailed("user unknown or disabled")
-    return principal_for_user(session, user)
+    return principal
 
 
 def scope_for(principal: Principal, referred: frozenset[str] = frozenset()) -> Scope:

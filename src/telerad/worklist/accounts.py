@@ -17,10 +17,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from telerad.storage import Modality, ReaderSite, Site, SiteToken, User
@@ -167,6 +169,26 @@ def principal_for_user(session: Session, user: User) -> Principal:
     return Principal(user.username, user.role, user.site_id, reading)
 
 
+def active_principal(session: Session, username: str) -> Principal | None:
+    """The principal of the active user ``username`` with the sites he reads for, in one
+    query (every authenticated request makes it); None if unknown or deactivated."""
+    rows = session.execute(_principal_statement(), {"username": username}).all()
+    if not rows:
+        return None
+    reading = frozenset(row.reads for row in rows if row.reads is not None)
+    return Principal(username, rows[0].role, rows[0].site_id, reading)
+
+
+@lru_cache(maxsize=1)
+def _principal_statement() -> Select[*tuple[Any, ...]]:
+    """Built once: building a statement costs more than running this indexed lookup."""
+    return (
+        select(User.role, User.site_id, ReaderSite.site_id.label("reads"))
+        .outerjoin(ReaderSite, ReaderSite.user_id == User.id)
+        .where(User.username == bindparam("username"), User.active.is_(True))
+    )
+
+
 def create_site_token(session: Session, site: str, name: str = "gateway") -> str:
     """Issue a new API token for ``site``'s gateway; the clear token is returned only now."""
     token = "trs_" + secrets.token_urlsafe(32)
@@ -178,14 +200,20 @@ def create_site_token(session: Session, site: str, name: str = "gateway") -> str
 
 def authenticate_site_token(session: Session, token: str) -> Principal | None:
     """The site principal for a valid, unrevoked site token, else None."""
-    row = session.execute(
-        select(SiteToken, Site)
-        .join(Site, SiteToken.site_id == Site.id)
-        .where(SiteToken.token_sha256 == _digest(token), SiteToken.revoked_at.is_(None))
-    ).first()
+    row = session.execute(_site_token_statement(), {"digest": _digest(token)}).first()
     if row is None:
         return None
-    return Principal(f"site:{row.Site.name}", "gateway", row.Site.id, is_site_token=True)
+    return Principal(f"site:{row.name}", "gateway", row.id, is_site_token=True)
+
+
+@lru_cache(maxsize=1)
+def _site_token_statement() -> Select[*tuple[Any, ...]]:
+    """Built once (a gateway's every C-FIND authenticates with its token)."""
+    return (
+        select(Site.id, Site.name)
+        .join(SiteToken, SiteToken.site_id == Site.id)
+        .where(SiteToken.token_sha256 == bindparam("digest"), SiteToken.revoked_at.is_(None))
+    )
 
 
 def revoke_site_tokens(session: Session, site: str, name: str | None = None) -> int:

@@ -20,7 +20,6 @@ from telerad.storage import (
     Level,
     Scope,
     parse_query,
-    record_access,
     search,
     validate_uid,
 )
@@ -109,17 +108,15 @@ async def _search(
             result = search(
                 session, level, query, scope, study_uid=study_uid, series_uid=series_uid
             )
-        with services.writer.begin() as session:
-            record_access(
-                session,
-                actor=principal.name,
-                actor_role=principal.role,
-                action=f"qido-{level.name.lower()}",
-                resource=request.url.path,
-                source_address=address,
-                study_uids=result.study_uids,
-                detail=str(request.url.query)[:2000],
-            )
+        services.audit.record(  # batched, committed off the request's path
+            actor=principal.name,
+            actor_role=principal.role,
+            action=f"qido-{level.name.lower()}",
+            resource=request.url.path,
+            source_address=address,
+            study_uids=result.study_uids,
+            detail=str(request.url.query)[:2000],
+        )
         text = json.dumps(result.matches, separators=(",", ":"), ensure_ascii=False)
         return text.replace(BASE_URI_MARKER, base), result.ignored
 

@@ -39,7 +39,6 @@ from telerad.storage import (
     StoredInstance,
     find_instances,
     find_metadata,
-    record_access,
 )
 from telerad.storage import (
     NotFound as ResourceNotFound,
@@ -64,8 +63,6 @@ from telerad.viewer_api.retrieval import (
     parse_bulk_path,
     parse_frame_list,
 )
-from telerad.viewer_api.services import Services
-from telerad.worklist import Principal
 
 router = APIRouter(tags=["WADO-RS"])
 DICOM_JSON = "application/dicom+json"
@@ -98,30 +95,27 @@ class Caller:
         return await run_in_threadpool(find)
 
     async def audit(self, action: str, request: Request, study: str, detail: str = "") -> None:
-        """Write the access to the audit log."""
-        await run_in_threadpool(
-            _audit, self.services, self.principal, self.address, action, request, study, detail
-        )
-
-
-CallerDep = Annotated[Caller, Depends(Caller)]
-
-
-def _audit(
-    services: Services, principal: Principal, address: str, action: str, request: Request,
-    study: str, detail: str,
-) -> None:  # fmt: skip
-    with services.writer.begin() as session:
-        record_access(
-            session,
-            actor=principal.name,
-            actor_role=principal.role,
+        """Append the access to the audit log (through the app's batched
+        :class:`~telerad.viewer_api.auditing.AuditWriter`: no commit on the request's path)."""
+        self.services.audit.record(
+            actor=self.principal.name,
+            actor_role=self.principal.role,
             action=action,
             resource=request.url.path[:1000],
-            source_address=address,
+            source_address=self.address,
             study_uids=[study],
             detail=detail[:2000],
         )
+
+
+async def get_caller(
+    services: ServicesDep, principal: PrincipalDep, scope: ScopeDep, address: AddressDep
+) -> Caller:
+    """The route's :class:`Caller` (a coroutine: a class dependency would cost a thread hop)."""
+    return Caller(services, principal, scope, address)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def _accept(request: Request) -> str | None:
