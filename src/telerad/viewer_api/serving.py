@@ -11,6 +11,11 @@ uvicorn's single-process server gets such sockets from ``getaddrinfo``, but the 
 socket it binds for worker processes is created with protocol 0, so its connections keep
 Nagle on, and a response written in two pieces (headers, then body) waits for the client's
 delayed ACK: about 40 ms per request. :class:`NoDelayHTTP` switches it off on every connection.
+
+HTTP parsing: uvicorn's httptools protocol (the C parser of Node.js) and the uvloop event loop
+are used (both are dependencies; "uvicorn[standard]" in uvicorn's words): per request they cost
+a fraction of the pure-Python h11 parser and asyncio loop, which is most of a small request's
+server time (``bench/dicomweb.py``'s frame and rendered figures).
 """
 
 from __future__ import annotations
@@ -23,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from telerad.settings import Settings
 
 __all__ = ["NoDelayHTTP", "run_http", "run_http_workers"]
 
 
-class NoDelayHTTP(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with TCP_NODELAY on its connection."""
+class NoDelayHTTP(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools) with TCP_NODELAY on its connection."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Disable Nagle's algorithm, then serve the connection as usual."""
@@ -51,6 +56,7 @@ def _options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "proxy_headers": False,
         "http": NoDelayHTTP,
+        "loop": "uvloop",
     }
 
 
