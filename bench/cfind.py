@@ -21,7 +21,10 @@ Two measurements per server, both Study Root, study level, the identifier a view
 * ``pynetdicom``: one association, ``--queries`` C-FINDs one after the other; each latency is
   the C-FIND request to its final response (:func:`cfind_latencies`);
 * ``findscu``: dcmtk findscu per query, association set-up and release included
-  (:func:`findscu_latencies`).
+  (:func:`findscu_latencies`);
+* ``C-ECHO``: one pynetdicom association, ``--queries`` C-ECHOs (:func:`echo_latencies`): the
+  DIMSE round trip with no work behind it, so the C-FIND figure minus this one is the query
+  itself (for telerad: the QIDO-RS search at the centre and building the responses).
 
 p50/p95 in ms and the telerad/Orthanc ratio of the p50s (target ≤ 1.0). Other benchmarks can
 call :func:`cfind_latencies` and :func:`findscu_latencies` directly.
@@ -61,7 +64,10 @@ from _common import (
 from ingest_stow import orthanc_binary, running, wait_until_up
 from pydicom import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from telerad.demo import write_ct_study
 from telerad.dicom_gateway.qr import nodelay
@@ -115,6 +121,31 @@ def cfind_latencies(
 
 #: Called AE title → C-FIND answers without the study (see :func:`cfind_latencies`).
 MISSES: dict[str, int] = {}
+
+
+def echo_latencies(
+    host: str, port: int, called_ae: str, echoes: int, *, calling_ae: str = "CT1"
+) -> list[float]:
+    """Seconds per C-ECHO, ``echoes`` of them on one pynetdicom association (Nagle off), after
+    one that warms up; each must answer 0x0000."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)]
+    )
+    if not assoc.is_established:
+        raise BenchError(f"{called_ae} at {host}:{port} refused the association")
+    latencies = []
+    try:
+        for _ in range(echoes + 1):
+            started = time.perf_counter()
+            status = assoc.send_c_echo()
+            latencies.append(time.perf_counter() - started)
+            if int(status.get("Status", -1)) != 0x0000:
+                raise BenchError(f"{called_ae}: C-ECHO status {status}")
+    finally:
+        assoc.release()
+    return latencies[1:]
 
 
 def _check(responses: list[tuple[Dataset, Dataset | None]], study_uid: str, who: str) -> bool:
@@ -239,7 +270,7 @@ def ms(values: Sequence[float], q: float) -> float:
 
 def summary(results: dict[str, dict[str, list[float]]]) -> str:
     lines = [f"{'client':10} {'server':8} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"]
-    for client in ("pynetdicom", "findscu"):
+    for client in ("pynetdicom", "findscu", "C-ECHO"):
         for server, measured in results.items():
             values = measured.get(client)
             if values:
@@ -276,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   study_uid, args.queries),
                     "findscu": findscu_latencies("127.0.0.1", server.port, server.called_ae,
                                                  study_uid, args.findscu),
+                    "C-ECHO": echo_latencies("127.0.0.1", server.port, server.called_ae,
+                                             args.queries),
                 }  # fmt: skip
             print(f"{name} done; load {load_average()}", flush=True)
     print(summary(results))

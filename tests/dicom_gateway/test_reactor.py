@@ -82,3 +82,67 @@ def test_server_contexts_are_wrapped() -> None:
         assert isinstance(server.contexts, CheapCopyContexts)
     finally:
         server.server_close()
+
+
+def test_dul_clock_is_installed_once() -> None:
+    from pynetdicom import dul
+
+    reactor.install_responsive_dul()
+    clock = dul.time
+    reactor.install_responsive_dul()
+    assert dul.time is clock
+    assert isinstance(clock, reactor._DulClock)
+
+
+@pytest.mark.parametrize("mode", ["acceptor", "requestor"])
+@pytest.mark.parametrize("wake", ["peer sends a byte", "user queues a primitive"])
+def test_dul_wakes_on_socket_data_or_an_outgoing_primitive(
+    monkeypatch: pytest.MonkeyPatch, wake: str, mode: str
+) -> None:
+    """The DUL's idle sleep, stretched to 60 s, ends as soon as traffic comes either way; and
+    the thread's wake-up sockets are closed when the thread ends."""
+    import socket
+
+    from pynetdicom.transport import AssociationSocket
+
+    ae = build_ae(DicomSettings(), CallingAePolicy(accept_any=True))
+    assoc = Association(ae, mode)
+    provider = assoc.dul
+    ours, peer = socket.socketpair()
+    provider.socket = AssociationSocket(assoc, client_socket=ours)
+    monkeypatch.setattr(provider, "_run_loop_delay", 60.0)
+    waited: list[float] = []
+    readers: list[socket.socket] = []
+
+    def dul_sleep() -> None:
+        started = time.monotonic()
+        reactor._DulClock.sleep(60.0)
+        waited.append(time.monotonic() - started)
+        readers.append(reactor._dul_thread.wakeup.reader)
+
+    # Sleep as the DUL's own thread would (the clock looks at the current thread).
+    monkeypatch.setattr(reactor.threading, "current_thread", lambda: provider)
+    sleeper = threading.Thread(target=dul_sleep)
+    sleeper.start()
+    time.sleep(0.3)
+    assert not waited  # still asleep: no traffic yet
+    if wake == "peer sends a byte":
+        peer.sendall(b"\x07")
+    else:
+        provider.to_provider_queue.put(object())
+    sleeper.join(30)
+    assert waited and waited[0] < 30
+    [reader] = readers
+    assert reader.fileno() == -1  # closed with its thread's local storage
+    ours.close()
+    peer.close()
+
+
+def test_other_sleeps_in_a_dul_thread_are_plain_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    ae = build_ae(DicomSettings(), CallingAePolicy(accept_any=True))
+    provider = Association(ae, "requestor").dul
+    monkeypatch.setattr(reactor.threading, "current_thread", lambda: provider)
+    slept: list[float] = []
+    monkeypatch.setattr(reactor.time, "sleep", slept.append)
+    reactor._DulClock.sleep(0.25)
+    assert slept == [0.25]

@@ -64,7 +64,11 @@ from telerad.dicom_gateway.errors import (
 )
 from telerad.dicom_gateway.outbox import ROUTINE, URGENT
 from telerad.dicom_gateway.qr import QueryRetrieve, handle_find, handle_get, handle_move
-from telerad.dicom_gateway.reactor import CheapCopyContexts, install_responsive_reactor
+from telerad.dicom_gateway.reactor import (
+    CheapCopyContexts,
+    install_responsive_dul,
+    install_responsive_reactor,
+)
 from telerad.dicom_gateway.receiver import Receiver, StoreRequest
 from telerad.settings import DicomSettings
 from telerad.storage import InvalidInstance
@@ -240,6 +244,7 @@ class FastAssociationServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = CheapCopyContexts(self.contexts)
         install_responsive_reactor()
+        install_responsive_dul()
 
     def server_bind(self) -> None:
         assert self.socket is not None
