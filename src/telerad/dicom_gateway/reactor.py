@@ -136,9 +136,8 @@ class _DulClock:
     @staticmethod
     def sleep(seconds: float) -> None:
         provider = threading.current_thread()
-        if (
-            not isinstance(provider, dul.DULServiceProvider)
-            or seconds != getattr(provider, "_run_loop_delay", None)
+        if not isinstance(provider, dul.DULServiceProvider) or seconds != getattr(
+            provider, "_run_loop_delay", None
         ):
             time.sleep(seconds)
             return
