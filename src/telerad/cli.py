@@ -283,6 +283,45 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """Print the users, one per line."""
+    from telerad.worklist import list_users
+
+    sessions = _open_session(_settings(args))
+    with sessions() as session:
+        views = list_users(session)
+    print(f"{'username':<24} {'role':<13} {'site':<16} {'reads for':<24} active")
+    for view in views:
+        reads_for = ",".join(view.reads_for) or "-"
+        active = "yes" if view.active else "NO"
+        site = view.site or "-"
+        print(f"{view.username:<24} {view.role:<13} {site:<16} {reads_for:<24} {active}")
+    return 0
+
+
+def cmd_user_change(args: argparse.Namespace) -> int:
+    """disable, enable, password, reads-for: one change to a user (as the web API's PATCH
+    ``/api/users/{username}`` does, work handed back included)."""
+    from telerad.worklist import Actor, UserChanges, update_user
+
+    if args.action == "password":
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"new password for {args.username}: ")
+        changes = UserChanges(password=password)
+    elif args.action == "reads-for":
+        changes = UserChanges(reads_for=tuple(args.sites))
+    else:
+        changes = UserChanges(active=args.action == "enable")
+    sessions = _open_session(_settings(args))
+    with sessions.begin() as session:
+        _view, returned = update_user(session, args.username, changes, Actor(None, "cli", "admin"))
+    handed = f"; tasks handed back: {', '.join(map(str, returned))}" if returned else ""
+    print(f"user {args.username}: {changes.describe()}{handed}")
+    return 0
+
+
 def cmd_site_modality(args: argparse.Namespace) -> int:
     """List a modality with a site: the gateway then accepts only listed AE titles."""
     from telerad.worklist import add_modality, site_by_name
@@ -423,6 +462,26 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
     user_add.set_defaults(func=cmd_user_add)
+    user.add_parser("list", help="list the users").set_defaults(func=cmd_user_list)
+    for action, helptext in (
+        ("disable", "deactivate a user at once (his tasks go back to the pool)"),
+        ("enable", "reactivate a user"),
+    ):
+        toggle = user.add_parser(action, help=helptext)
+        toggle.add_argument("username")
+        toggle.set_defaults(func=cmd_user_change)
+    user_password = user.add_parser("password", help="set a user's password")
+    user_password.add_argument("username")
+    user_password.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    user_password.set_defaults(func=cmd_user_change)
+    user_reads = user.add_parser(
+        "reads-for", help="set the sites a radiologist reads for (none: no site)"
+    )
+    user_reads.add_argument("username")
+    user_reads.add_argument("sites", nargs="*")
+    user_reads.set_defaults(func=cmd_user_change)
 
     demo = commands.add_parser("demo", help="write a synthetic CT study")
     demo.add_argument("--out", type=Path, default=Path("demo-ct"))

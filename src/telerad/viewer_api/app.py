@@ -29,6 +29,7 @@ from telerad.viewer_api.routes import (
     sites,
     stow,
     studies,
+    users,
     wado,
     workitems,
     worklist,
@@ -100,6 +101,7 @@ def create_app(
     register_problem_handlers(app)
     app.include_router(auth.router, prefix="/api/auth")
     app.include_router(sites.router, prefix="/api/sites")
+    app.include_router(users.router, prefix="/api/users")
     app.include_router(studies.router, prefix="/api/studies")
     app.include_router(reports.router, prefix="/api/reports")
     app.include_router(consultation.router, prefix="/api/studies")

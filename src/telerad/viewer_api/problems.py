@@ -35,6 +35,7 @@ from telerad.viewer_api.rendering.images import RenderParameterError
 from telerad.viewer_api.security import AuthenticationFailed, PermissionDenied
 from telerad.worklist import (
     AccountError,
+    AccountExists,
     InvalidAssignment,
     InvalidMessage,
     InvalidReportTransition,
@@ -42,6 +43,7 @@ from telerad.worklist import (
     InvalidTransition,
     InvalidWebhook,
     InvalidWorklistInput,
+    LastAdministrator,
     NotificationNotFound,
     NotReportWriter,
     ReportContentError,
@@ -53,6 +55,7 @@ from telerad.worklist import (
     TaskPermissionDenied,
     ThreadNotFound,
     TransactionUIDError,
+    UnknownUser,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,6 +93,9 @@ STATUS_FOR: dict[type[Exception], tuple[int, bool]] = {
     InvalidKey: (400, True),
     InvalidManifest: (400, True),
     AccountError: (400, True),
+    AccountExists: (409, True),
+    UnknownUser: (404, True),  # administrators only: they may know who exists
+    LastAdministrator: (409, True),
     CorruptContent: (400, True),
     RenderParameterError: (400, True),
     AuthenticationFailed: (401, False),

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydicom.uid import generate_uid
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from telerad.storage import ReaderSite, ReadingPool, ReadingTask, User, is_valid_uid
@@ -241,6 +241,47 @@ def assign_task(
     if user_id is not None:
         note_assignment(session, user_id, now)
     add_event(session, changed, actor, "assign", f"user={username or '-'} pool={pool or '-'}", now)
+    return changed
+
+
+def return_work_of(
+    session: Session,
+    user_id: int,
+    actor: Actor,
+    reason: str,
+    *,
+    site_ids: frozenset[int] | None = None,
+    now: datetime | None = None,
+) -> list[int]:
+    """Hand back a reader's work (he was deactivated, or no longer reads for ``site_ids``):
+    the tasks he holds go IN PROGRESS → SCHEDULED as a break-lock would, the SCHEDULED tasks
+    assigned to him are unassigned (their pool stays), each with an event naming ``reason``.
+    Returns the ids of the tasks changed; one a concurrent change finished first is skipped.
+    """
+    now = now or datetime.now(UTC)
+    in_scope = ReadingTask.site_id.in_(site_ids) if site_ids is not None else true()
+    holder, assignee = ReadingTask.claimed_by_user_id, ReadingTask.assigned_user_id
+    changed: list[int] = []
+    # Held tasks first: one also assigned to him is unassigned by the same update.
+    for state, column in ((S.IN_PROGRESS, holder), (S.SCHEDULED, assignee)):
+        query = select(ReadingTask).where(
+            ReadingTask.state == state.value, column == user_id, in_scope
+        )
+        for task in session.scalars(query.order_by(ReadingTask.id)).all():
+            held = state == S.IN_PROGRESS
+            values = _unclaimed() if held else {}
+            if task.assigned_user_id == user_id:
+                values["assigned_user_id"] = None
+            try:
+                task = _conditional(session, task, S.SCHEDULED, column == user_id, values, now)
+            except InvalidTransition:
+                continue
+            if held:
+                action, detail = A.BREAK_LOCK.value, f"held by user {user_id}; {reason}"
+            else:
+                action, detail = "assign", f"user=- (was user {user_id}; {reason})"
+            add_event(session, task, actor, action, detail, now)
+            changed.append(task.id)
     return changed
 
 

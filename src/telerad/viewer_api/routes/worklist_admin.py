@@ -155,7 +155,9 @@ def add_rule(
     """Add a routing rule."""
     with services.writer.begin() as session:
         view = save_rule(session, RuleFields(**body.model_dump()))
-        _audit(session, admin, address, "worklist-rule", request, f"added rule {view.id}")
+        audit_admin_change(
+            session, admin, address, "worklist-rule", request, f"added rule {view.id}"
+        )
     return _rule_out(view)
 
 
@@ -167,7 +169,9 @@ def replace_rule(
     """Replace a routing rule."""
     with services.writer.begin() as session:
         view = save_rule(session, RuleFields(**body.model_dump()), rule_id)
-        _audit(session, admin, address, "worklist-rule", request, f"replaced rule {rule_id}")
+        audit_admin_change(
+            session, admin, address, "worklist-rule", request, f"replaced rule {rule_id}"
+        )
     return _rule_out(view)
 
 
@@ -178,7 +182,9 @@ def remove_rule(
     """Remove a routing rule."""
     with services.writer.begin() as session:
         delete_rule(session, rule_id)
-        _audit(session, admin, address, "worklist-rule", request, f"removed rule {rule_id}")
+        audit_admin_change(
+            session, admin, address, "worklist-rule", request, f"removed rule {rule_id}"
+        )
     return Response(status_code=204)
 
 
@@ -197,7 +203,7 @@ def put_pool(
     """Create or replace a pool."""
     with services.writer.begin() as session:
         view = save_pool(session, name, body.description, tuple(body.members))
-        _audit(session, admin, address, "worklist-pool", request, f"pool {name}")
+        audit_admin_change(session, admin, address, "worklist-pool", request, f"pool {name}")
     return _pool_out(view)
 
 
@@ -208,7 +214,9 @@ def remove_pool(
     """Remove a pool (its tasks and rules lose it)."""
     with services.writer.begin() as session:
         delete_pool(session, name)
-        _audit(session, admin, address, "worklist-pool", request, f"removed pool {name}")
+        audit_admin_change(
+            session, admin, address, "worklist-pool", request, f"removed pool {name}"
+        )
     return Response(status_code=204)
 
 
@@ -231,7 +239,9 @@ def put_reader(
             working_hours=dict(body.working_hours) if body.working_hours else None,
             max_open_tasks=body.max_open_tasks, subspecialties=tuple(body.subspecialties),
         )  # fmt: skip
-        _audit(session, admin, address, "worklist-reader", request, f"profile {username}")
+        audit_admin_change(
+            session, admin, address, "worklist-reader", request, f"profile {username}"
+        )
     return _profile_out(view)
 
 
@@ -245,7 +255,9 @@ def put_order(
         order, created = put_reading_request(
             session, study, actor, OrderFields(**body.model_dump()), policy
         )
-        _audit(session, actor, address, "order", request, f"priority={order.priority}", study)
+        audit_admin_change(
+            session, actor, address, "order", request, f"priority={order.priority}", study
+        )
         out = _order_out(session, order)
     response.status_code = 201 if created else 200
     return out
@@ -259,7 +271,7 @@ def get_order(
     with services.sessions() as session:
         out = _order_out(session, get_reading_request(session, study, actor))
     with services.writer.begin() as session:
-        _audit(session, actor, address, "order-read", request, "", study)
+        audit_admin_change(session, actor, address, "order-read", request, "", study)
     return out
 
 
@@ -298,10 +310,11 @@ def _profile_out(view: ProfileView) -> ProfileOut:
     )  # fmt: skip
 
 
-def _audit(
+def audit_admin_change(
     session: Session, actor: Actor, address: str, action: str, request: Request, detail: str,
     study_uid: str | None = None,
 ) -> None:  # fmt: skip
+    """Record an administrative change in the audit log, in the change's own transaction."""
     record_access(
         session, actor=actor.name, actor_role=actor.role, action=action,
         resource=request.url.path, source_address=address,
