@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
-from sqlalchemy import Engine, select
+import pytest
+from sqlalchemy import Engine, select, text
 
+import telerad
 from telerad.storage import AuditEvent, session_factory
+from telerad.viewer_api import auditing
 from telerad.viewer_api.auditing import AuditWriter
 
 
@@ -57,3 +70,129 @@ def test_close_writes_what_is_queued_and_later_events_still_land(engine: Engine)
 
     writer.record(**_event(99))  # after shutdown: written by the caller itself
     assert _written(engine)[-1] == "99"
+
+
+# -- the journal: nothing lost to SIGKILL --------------------------------------------------
+
+CHILD = """
+import sys
+from pathlib import Path
+from telerad.storage import create_catalog_engine, session_factory
+from telerad.viewer_api.auditing import AuditWriter
+
+url, journal = sys.argv[1], Path(sys.argv[2])
+writer = AuditWriter(session_factory(create_catalog_engine(url), writer=True), journal=journal)
+event = dict(actor="rad1", actor_role="radiologist", action="wado-frames",
+             resource="/dicomweb/studies/1.2.3/frames/1", source_address="10.0.0.7")
+for number in range(10):
+    writer.record(**event, detail=str(number))
+writer.flush()  # committed, and the journal's checkpoint says so
+print("flushed", flush=True)
+sys.stdin.readline()  # the test now holds the audit table: the next batch cannot commit
+for number in range(10, 30):
+    writer.record(**event, detail=str(number))
+print("recorded", flush=True)
+sys.stdin.readline()  # never comes: SIGKILL
+"""
+
+
+@contextlib.contextmanager
+def audit_table_held(engine: Engine) -> Iterator[None]:
+    """Hold the audit table so that no other connection can append to it (a stalled
+    database): an exclusive SQLite transaction, or a PostgreSQL table lock."""
+    if engine.dialect.name == "sqlite":
+        raw = sqlite3.connect(str(engine.url.database), timeout=30)
+        raw.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            raw.rollback()
+            raw.close()
+        return
+    with engine.connect() as connection:
+        connection.execute(text("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            connection.rollback()
+
+
+def test_sigkill_with_the_database_stalled_loses_and_duplicates_no_event(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    journal = tmp_path / "audit-journal"
+    source = str(Path(telerad.__file__).resolve().parents[1])  # this checkout's code
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, database_url, str(journal)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "flushed"
+        with audit_table_held(engine):
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "recorded"
+            time.sleep(0.3)  # the writer thread is blocked in its INSERT of the batch
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+        assert _written(engine) == [str(n) for n in range(10)]  # the rest died with it
+    finally:
+        if child.poll() is None:
+            child.kill()
+    before_replay = datetime.now(UTC)
+
+    writer = AuditWriter(session_factory(engine, writer=True), journal=journal)  # a restart
+    try:
+        assert _written(engine) == [str(n) for n in range(30)]  # each exactly once, in order
+        with session_factory(engine)() as session:
+            times = session.scalars(select(AuditEvent.at).order_by(AuditEvent.id)).all()
+        assert all(_aware(at) < before_replay for at in times)  # when it happened, not replayed
+        assert [p.name.split("-")[0] for p in journal.iterdir()] == [str(os.getpid())]
+    finally:
+        writer.close()
+    assert list(journal.iterdir()) == []  # all written: nothing left to replay
+
+
+def test_a_live_processs_journal_is_not_replayed(engine: Engine, tmp_path: Path) -> None:
+    journal = tmp_path / "audit-journal"
+    sessions = session_factory(engine, writer=True)
+    with audit_table_held(engine) if engine.dialect.name == "postgresql" else _nothing():
+        first = AuditWriter(sessions, journal=journal)
+        second = AuditWriter(sessions, journal=journal)  # another worker starting meanwhile
+    try:
+        first.record(**_event(1))
+        first.flush()
+        assert _written(engine) == ["1"]  # not twice: the second left the first's alone
+        assert len(list(journal.iterdir())) == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_journal_stays_small_under_steady_load(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auditing, "ROTATE_BYTES", 4000)
+    journal = tmp_path / "audit-journal"
+    writer = AuditWriter(session_factory(engine, writer=True), max_batch=5, journal=journal)
+    sizes = []
+    for start in range(0, 300, 30):
+        for number in range(start, start + 30):
+            writer.record(**_event(number))
+        writer.flush()
+        sizes.append(sum(p.stat().st_size for p in journal.iterdir()))
+    writer.close()
+    assert max(sizes) < 4000 + 30 * 400  # emptied or replaced once past the limit
+    assert sorted(_written(engine), key=int) == [str(n) for n in range(300)]
+    assert list(journal.iterdir()) == []
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

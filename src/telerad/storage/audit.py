@@ -7,6 +7,7 @@ DELETE on ``audit_events`` fail, so not even a bug in telerad can rewrite histor
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
@@ -25,12 +26,15 @@ def record_access(
     study_uids: Iterable[str] = (),
     outcome: str = "success",
     detail: str = "",
+    at: datetime | None = None,
 ) -> int:
     """Append one event per study touched (one event without a study if none).
 
     The caller commits ``session``; the patient of each study is recorded by its catalog key.
+    ``at`` is when the access happened (default: now; a writer that records later passes it).
     Returns the number of events added.
     """
+    at = at or utcnow()
     uids = sorted(set(study_uids))
     patients: dict[str, int] = {}
     if uids:
@@ -39,7 +43,7 @@ def record_access(
     targets: list[str | None] = list(uids) or [None]
     rows = [
         {
-            "at": utcnow(),
+            "at": at,
             "actor": actor,
             "actor_role": actor_role,
             "action": action,

@@ -9,21 +9,40 @@ as soon as an event arrives and takes whatever else is queued by then, so an idl
 commits an event within about one commit time (a few milliseconds), and a busy one gathers
 the events that arrived during the previous commit into the next.
 
+A process killed outright must not take the queued events with it, so each event is also
+appended to the process's **journal** (:class:`AuditJournal`, a JSON-lines file under
+``<data_dir>/audit-journal``) before it is queued: one ``write`` to the page cache, no fsync.
+After each committed batch the writer appends a checkpoint ("every event up to number N is in
+the database"). A journal is locked (``flock``) by its process while it lives; any API process
+that starts later replays the events after the last checkpoint of every unlocked journal, with
+their original times, then deletes it. The journal is truncated when everything in it is
+committed and it has grown past :data:`ROTATE_BYTES`, or replaced by a new one under steady
+load (the old one is deleted once its events are committed).
+
 Guarantees: every event is written (a full queue makes the caller write its event itself,
 never drops it); :meth:`AuditWriter.close` (the app's shutdown, also on SIGTERM/SIGINT) and
-:meth:`AuditWriter.flush` write everything queued. The crash window, honestly: a process killed
-outright (SIGKILL, power loss) loses the events queued but not yet committed — normally those
-of the last commit time, but up to ``max_queued`` if the database has stalled for that long —
-while the responses for them may already have been sent. A batch that cannot be written is
-retried, then logged as lost (count only: no patient data in logs).
+:meth:`AuditWriter.flush` write everything queued. Killed with SIGKILL, a process loses no
+event: the next start replays them. A batch committed just before the kill, whose checkpoint
+was not yet written, is replayed too and then appears twice: the log may over-report an
+access, never under-report one. A power loss can still lose what the page cache had not
+written out (the price of not fsyncing every read). A batch the database refuses after
+retries stays in the journal for the next start (count only in the log: no patient data).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
 import queue
 import threading
 import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,31 +51,174 @@ from telerad.storage import record_access
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AuditWriter"]
+__all__ = ["ROTATE_BYTES", "AuditJournal", "AuditWriter", "replay_journals"]
 
 _STOP = object()
+#: A journal whose events are all committed is emptied once it is larger than this.
+ROTATE_BYTES = 4 * 1024 * 1024
+
+
+class AuditJournal:
+    """This process's journal files: ``<pid>-<writer>-<generation>.jsonl``, each locked with
+    ``flock`` while open. Lines: ``{"seq": n, "event": {...}}`` and ``{"done": n}``."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.prefix = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.generation = 0
+        self.fd, self.path = self._open()
+        self.size = 0
+        #: Replaced journals and the last event number each holds.
+        self.retired: list[tuple[int, Path, int]] = []
+
+    def _open(self) -> tuple[int, Path]:
+        path = self.directory / f"{self.prefix}-{self.generation}.jsonl"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh name: nobody else holds it
+        return fd, path
+
+    def append(self, record: dict[str, Any]) -> None:
+        data = (json.dumps(record, separators=(",", ":"), default=_plain) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+
+    def truncate(self) -> None:
+        os.ftruncate(self.fd, 0)
+        self.size = 0
+
+    def replace(self, last_seq: int) -> None:
+        """Continue in a new file; the old one goes once event ``last_seq`` is committed."""
+        self.retired.append((self.fd, self.path, last_seq))
+        self.generation += 1
+        self.fd, self.path = self._open()
+        self.size = 0
+
+    def drop_retired(self, done: int) -> None:
+        keep = []
+        for fd, path, last_seq in self.retired:
+            if last_seq <= done:
+                path.unlink(missing_ok=True)
+                os.close(fd)
+            else:
+                keep.append((fd, path, last_seq))
+        self.retired = keep
+
+    def close(self, *, remove: bool) -> None:
+        """Close every file; ``remove`` when everything in them is committed."""
+        for fd, path, _ in [*self.retired, (self.fd, self.path, 0)]:
+            if remove:
+                path.unlink(missing_ok=True)
+            os.close(fd)
+        self.retired = []
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def replay_journals(directory: Path, write: Any, max_batch: int = 500) -> int:
+    """Write the uncommitted events of every journal no live process holds, then delete those
+    journals; returns the number of events written. Journals that cannot be written stay (and
+    are tried again at the next start)."""
+    if not directory.is_dir():
+        return 0
+    groups: dict[str, list[tuple[Path, int]]] = defaultdict(list)
+    for path in sorted(directory.glob("*.jsonl")):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live process's journal
+            os.close(fd)
+            continue
+        groups[path.name.rsplit("-", 1)[0]].append((path, fd))
+    replayed = 0
+    for files in groups.values():
+        try:
+            events = _uncommitted(path for path, _ in files)
+            for start in range(0, len(events), max_batch):
+                write(events[start : start + max_batch])
+            for path, _ in files:
+                path.unlink(missing_ok=True)
+            replayed += len(events)
+        except Exception as exc:
+            logger.error("audit journal not replayed (%s); kept for the next start", exc)
+        finally:
+            for _, fd in files:
+                os.close(fd)
+    if replayed:
+        logger.warning("audit: %d events of a process that stopped abruptly written", replayed)
+    return replayed
+
+
+def _uncommitted(paths: Iterator[Path]) -> list[dict[str, Any]]:
+    """The events after the last checkpoint of one writer's journals, in order."""
+    events: dict[int, dict[str, Any]] = {}
+    done = 0
+    for path in paths:
+        for line in path.read_bytes().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short: its event was never acknowledged
+                continue
+            if "done" in record:
+                done = max(done, int(record["done"]))
+            elif "seq" in record:
+                events[int(record["seq"])] = record["event"]
+    pending = [events[seq] for seq in sorted(events) if seq > done]
+    for event in pending:
+        event["at"] = datetime.fromisoformat(event["at"])
+    return pending
 
 
 class AuditWriter:
-    """Append :func:`telerad.storage.record_access` events in background batches."""
+    """Append :func:`telerad.storage.record_access` events in background batches, journalled
+    under ``journal`` (no journal: the crash window is the queue)."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], max_batch: int = 500, max_queued: int = 20000
+        self,
+        sessions: sessionmaker[Session],
+        max_batch: int = 500,
+        max_queued: int = 20000,
+        journal: Path | None = None,
     ) -> None:
         self._sessions = sessions
         self._max_batch = max_batch
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
+        self._lock = threading.Lock()  # journal order == queue order
+        self._seq = 0
+        self._failed = False  # a batch was refused: keep the journal for the next start
+        self._journal: AuditJournal | None = None
+        if journal is not None:
+            replay_journals(journal, self._write, max_batch)
+            self._journal = AuditJournal(journal)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
     def record(self, **event: Any) -> None:
         """Queue one event (the keyword arguments of ``record_access``)."""
+        event.setdefault("at", datetime.now(UTC))
         if not self._thread.is_alive():
             self._write([event])
             return
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:  # back-pressure: never drop an audit event
+        with self._lock:
+            try:
+                self._queue.put_nowait((self._seq + 1, event))
+            except queue.Full:  # back-pressure: never drop an audit event
+                full = True
+            else:
+                full = False
+                self._seq += 1
+                if self._journal is not None:
+                    self._journal.append({"seq": self._seq, "event": event})
+        if full:
             self._write([event])
 
     def flush(self) -> None:
@@ -65,10 +227,14 @@ class AuditWriter:
             self._queue.join()
 
     def close(self) -> None:
-        """Write what is queued and stop the thread."""
+        """Write what is queued, stop the thread, and remove the journal if all is written."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
+        if self._journal is not None:
+            with self._lock:
+                self._journal.close(remove=not self._failed and not self._thread.is_alive())
+                self._journal = None
 
     def _run(self) -> None:
         while True:
@@ -79,25 +245,42 @@ class AuditWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            events = [event for event in batch if event is not _STOP]
+            items = [entry for entry in batch if entry is not _STOP]
             try:
-                if events:
-                    self._write_with_retry(events)
+                if items and self._write_with_retry([event for _, event in items]):
+                    self._checkpoint(max(seq for seq, _ in items))
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            if len(events) < len(batch):
+            if len(items) < len(batch):
                 return
 
-    def _write_with_retry(self, events: list[dict[str, Any]]) -> None:
+    def _checkpoint(self, done: int) -> None:
+        """Record in the journal that events up to ``done`` are committed; keep it small."""
+        journal = self._journal
+        if journal is None or self._failed:
+            return
+        with self._lock:
+            journal.append({"done": done})
+            journal.drop_retired(done)
+            if journal.size > ROTATE_BYTES:
+                if self._queue.empty() and self._seq == done:
+                    journal.truncate()  # everything in it is committed
+                else:
+                    journal.replace(self._seq)
+
+    def _write_with_retry(self, events: list[dict[str, Any]]) -> bool:
         for attempt in range(3):
             try:
                 self._write(events)
-                return
+                return True
             except Exception as exc:  # database unavailable or locked for long
                 logger.warning("audit batch of %d not written (%s), retrying", len(events), exc)
                 time.sleep(0.5 * (attempt + 1))
-        logger.error("audit batch of %d events lost after retries", len(events))
+        self._failed = self._journal is not None
+        kept = "kept in the journal for the next start" if self._failed else "lost"
+        logger.error("audit batch of %d events not written after retries: %s", len(events), kept)
+        return False
 
     def _write(self, events: list[dict[str, Any]]) -> None:
         with self._sessions.begin() as session:

@@ -42,7 +42,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.renderer = Renderer(self.objects, self.settings.rendering)
-        self.audit = AuditWriter(self.writer)
+        self.audit = AuditWriter(self.writer, journal=self.settings.data_dir / "audit-journal")
 
     def close(self) -> None:
         """Release connections."""
