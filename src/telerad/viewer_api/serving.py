@@ -14,7 +14,7 @@ delayed ACK: about 40 ms per request. :class:`NoDelayHTTP` switches it off on ev
 
 HTTP parsing: uvicorn's httptools protocol (the C parser of Node.js) and the uvloop event loop
 are used (both are dependencies; "uvicorn[standard]" in uvicorn's words). Against the
-pure-Python h11 parser and the asyncio loop they take 0.2–0.4 ms off a small request (measured
+pure-Python h11 parser and the asyncio loop they take 0.2 to 0.4 ms off a small request (measured
 with one httpx client: ``/healthz`` 1.04 vs 1.28 ms, a one-study QIDO-RS search 2.6 vs 3.0 ms).
 """
 
