@@ -64,6 +64,7 @@ from _common import (
 from ingest_stow import orthanc_binary, running, wait_until_up
 from pydicom import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
@@ -98,15 +99,8 @@ def cfind_latencies(
     The client disables Nagle's algorithm (as the dcmtk tools do with ``TCP_NODELAY=1``):
     pynetdicom writes a request's command and identifier separately, and the second write
     would otherwise wait for a delayed ACK."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(FIND)
-    assoc = ae.associate(
-        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)]
-    )
-    if not assoc.is_established:
-        raise BenchError(f"{called_ae} at {host}:{port} refused the association")
     latencies = []
-    try:
+    with association(host, port, called_ae, calling_ae, FIND) as assoc:
         for _ in range(queries + 1):
             identifier = study_identifier(study_uid)
             started = time.perf_counter()
@@ -114,8 +108,6 @@ def cfind_latencies(
             latencies.append(time.perf_counter() - started)
             if not _check(responses, study_uid, called_ae):
                 MISSES[called_ae] = MISSES.get(called_ae, 0) + 1
-    finally:
-        assoc.release()
     return latencies[1:]
 
 
@@ -128,24 +120,33 @@ def echo_latencies(
 ) -> list[float]:
     """Seconds per C-ECHO, ``echoes`` of them on one pynetdicom association (Nagle off), after
     one that warms up; each must answer 0x0000."""
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(
-        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)]
-    )
-    if not assoc.is_established:
-        raise BenchError(f"{called_ae} at {host}:{port} refused the association")
     latencies = []
-    try:
+    with association(host, port, called_ae, calling_ae, Verification) as assoc:
         for _ in range(echoes + 1):
             started = time.perf_counter()
             status = assoc.send_c_echo()
             latencies.append(time.perf_counter() - started)
             if int(status.get("Status", -1)) != 0x0000:
                 raise BenchError(f"{called_ae}: C-ECHO status {status}")
+    return latencies[1:]
+
+
+@contextlib.contextmanager
+def association(
+    host: str, port: int, called_ae: str, calling_ae: str, sop_class: str
+) -> Iterator[Association]:
+    """One pynetdicom association proposing ``sop_class``, Nagle off; released at the end."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(sop_class)
+    assoc = ae.associate(
+        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)]
+    )
+    if not assoc.is_established:
+        raise BenchError(f"{called_ae} at {host}:{port} refused the association")
+    try:
+        yield assoc
     finally:
         assoc.release()
-    return latencies[1:]
 
 
 def _check(responses: list[tuple[Dataset, Dataset | None]], study_uid: str, who: str) -> bool:

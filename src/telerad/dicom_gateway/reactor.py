@@ -56,11 +56,16 @@ _install_lock = threading.Lock()
 _dul_thread = threading.local()
 
 
-class _ReactorClock:
-    """Stands in for the ``time`` module inside :mod:`pynetdicom.association`."""
+class _TimeModule:
+    """Stands in for the ``time`` module inside a pynetdicom module: everything but
+    ``sleep`` is the real module's."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+class _ReactorClock(_TimeModule):
+    """``time`` inside :mod:`pynetdicom.association`."""
 
     @staticmethod
     def sleep(seconds: float) -> None:
@@ -127,11 +132,8 @@ def _close(*sockets: socket.socket) -> None:
         sock.close()
 
 
-class _DulClock:
-    """Stands in for the ``time`` module inside :mod:`pynetdicom.dul`."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
+class _DulClock(_TimeModule):
+    """``time`` inside :mod:`pynetdicom.dul`."""
 
     @staticmethod
     def sleep(seconds: float) -> None:

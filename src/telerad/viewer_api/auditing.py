@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,9 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def replay_journals(directory: Path, write: Any, max_batch: int = 500) -> int:
+def replay_journals(
+    directory: Path, write: Callable[[list[dict[str, Any]]], None], max_batch: int = 500
+) -> int:
     """Write the uncommitted events of every journal no live process holds, then delete those
     journals; returns the number of events written. Journals that cannot be written stay (and
     are tried again at the next start)."""
@@ -264,8 +266,8 @@ class AuditWriter:
             journal.append({"done": done})
             journal.drop_retired(done)
             if journal.size > ROTATE_BYTES:
-                if self._queue.empty() and self._seq == done:
-                    journal.truncate()  # everything in it is committed
+                if self._seq == done:  # under the lock: every journalled event is committed
+                    journal.truncate()
                 else:
                     journal.replace(self._seq)
 
