@@ -72,6 +72,29 @@ def test_close_writes_what_is_queued_and_later_events_still_land(engine: Engine)
     assert _written(engine)[-1] == "99"
 
 
+def test_a_batch_waits_for_more_events_and_flush_cuts_the_wait_short(engine: Engine) -> None:
+    """Events arriving within the linger window share one commit; flush() does not wait it
+    out (the journal keeps the waiting events safe, see the SIGKILL test below)."""
+    writer = AuditWriter(session_factory(engine, writer=True), linger=30.0)
+    commits: list[int] = []
+    write = writer._write
+    writer._write = lambda events: (commits.append(len(events)), write(events))[1]  # type: ignore[method-assign]
+    try:
+        for number in range(3):
+            writer.record(**_event(number))
+            time.sleep(0.1)
+        assert _written(engine) == []  # still gathering
+        started = time.monotonic()
+        writer.flush()
+        assert time.monotonic() - started < 5.0
+        assert _written(engine) == ["0", "1", "2"]
+        assert commits == [3]  # one transaction for the three
+        writer.record(**_event(3))
+    finally:
+        writer.close()  # close cuts the window short too
+    assert _written(engine) == ["0", "1", "2", "3"]
+
+
 # -- the journal: nothing lost to SIGKILL --------------------------------------------------
 
 CHILD = """

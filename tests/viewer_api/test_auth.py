@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from telerad.storage import AuditEvent, Site, User
+from telerad.viewer_api import security
 from telerad.worklist import create_site, create_site_token, create_user, revoke_site_tokens
 from tests.conftest import PASSWORD, Api
 from tests.factories import ct_instances, multipart_related, new_uid
@@ -133,6 +134,24 @@ BAD_TOKENS = {
 @pytest.mark.parametrize("make", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
 def test_bad_token_is_refused(shared_api, make):
     assert_unauthenticated(me(shared_api, make(shared_api)))
+
+
+def test_a_token_that_expires_after_use_is_refused_from_then_on(shared_api, monkeypatch):
+    """Verified tokens are remembered (security._verified_claims); expiry is still checked on
+    every request, so a token accepted a moment ago is refused once its time is up."""
+    token = signed(shared_api, exp=datetime.now(UTC) + timedelta(seconds=30))
+    assert me(shared_api, token).status_code == 200  # verified, and now remembered
+
+    later = datetime.now(UTC).timestamp() + 31
+    monkeypatch.setattr(security.time, "time", lambda: later)
+
+    assert_unauthenticated(me(shared_api, token))
+    assert (
+        me(
+            shared_api, signed(shared_api, exp=datetime.now(UTC) + timedelta(seconds=60))
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,13 @@ from telerad.storage.completeness import (
     study_completeness,
     submit_manifest,
 )
-from telerad.storage.database import create_catalog_engine, migrate, session_factory
+from telerad.storage.database import (
+    Reader,
+    create_catalog_engine,
+    migrate,
+    session_factory,
+    statement_reader,
+)
 from telerad.storage.delivery_models import (
     ConsultationMessage,
     Notification,
@@ -104,6 +110,7 @@ __all__ = [
     "Patient",
     "Query",
     "QueryError",
+    "Reader",
     "ReaderProfile",
     "ReaderSite",
     "ReadingPool",
@@ -146,6 +153,7 @@ __all__ = [
     "record_access",
     "search",
     "session_factory",
+    "statement_reader",
     "study_completeness",
     "submit_manifest",
     "validate_uid",

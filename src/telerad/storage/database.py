@@ -8,9 +8,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+#: What a read-only lookup of plain columns takes: an ORM session, or a bare connection, which
+#: runs the same statement about four times faster (no ORM execution layer; measured 0.10 vs
+#: 0.41 ms for the principal and instance lookups of one frame request, SQLite).
+Reader = Session | Connection
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +41,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    """Writers take the write lock up front; readers use a deferred (snapshot) transaction."""
-    immediate = connection.get_execution_options().get("sqlite_immediate", False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    """Writers take the write lock up front; readers use a deferred (snapshot) transaction;
+    connections marked ``sqlite_statement_reads`` (:func:`statement_reader`) none: each of
+    their statements reads its own snapshot, and a ``BEGIN`` would cost as much as the query."""
+    options = connection.get_execution_options()
+    if options.get("sqlite_statement_reads", False):
+        return
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
 def create_catalog_engine(url: str, *, pool_size: int = 10, **options: Any) -> Engine:
@@ -60,6 +69,13 @@ def create_catalog_engine(url: str, *, pool_size: int = 10, **options: Any) -> E
     return create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, **options
     )
+
+
+def statement_reader(engine: Engine) -> Engine:
+    """``engine`` for lookups whose every statement stands alone (a :data:`Reader`): on SQLite
+    without a surrounding transaction (autocommit reads, one snapshot per statement); on
+    PostgreSQL unchanged."""
+    return engine.execution_options(sqlite_statement_reads=True)
 
 
 def alembic_config(engine: Engine) -> Config:

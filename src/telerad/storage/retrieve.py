@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
+from telerad.storage.database import Reader
 from telerad.storage.errors import FrameNotFound, NotFound
 from telerad.storage.keys import is_valid_uid
 from telerad.storage.models import Instance, Series, Study
@@ -61,7 +62,7 @@ class StoredInstance:
 
 
 def find_instances(
-    session: Session,
+    session: Reader,
     scope: Scope,
     study_uid: str,
     series_uid: str | None = None,
@@ -85,7 +86,7 @@ def find_instances(
 
 
 def find_metadata(
-    session: Session,
+    session: Reader,
     scope: Scope,
     study_uid: str,
     series_uid: str | None = None,

@@ -15,6 +15,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 from telerad import __version__
 from telerad.settings import Settings
 from telerad.viewer_api.delivery_runtime import start_delivery
+from telerad.viewer_api.hotpath import HotPath
 from telerad.viewer_api.problems import register_problem_handlers
 from telerad.viewer_api.proxy import ForwardedHeadersMiddleware
 from telerad.viewer_api.routes import (
@@ -69,12 +70,15 @@ def create_app(
     services: Services | None = None,
     *,
     on_escalated: EscalationHook | None = None,
+    hot_path: bool = True,
 ) -> FastAPI:
     """Build the central API. ``services`` may be given (tests); else built in the lifespan.
 
     The worklist's background loop (intake sweep, leases, SLA escalation) runs while the app
     does when ``settings.worklist.background`` is on; ``on_escalated`` is its escalation hook
     (default: the new reader or pool and the previous reader get an inbox notification).
+    ``hot_path`` off leaves the per-slice image requests to the routes (module
+    :mod:`.hotpath`; tests compare both).
     """
 
     @asynccontextmanager
@@ -95,6 +99,8 @@ def create_app(
 
     app = FastAPI(title="telerad", version=__version__, lifespan=lifespan)
     app.add_middleware(GZipMiddleware, minimum_size=1024, exclude_content_types=NOT_COMPRESSED)
+    if hot_path:  # inside CORS and the proxy middleware, outside GZip (images are not gzipped)
+        app.add_middleware(HotPath)
     if settings.viewer.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_options(settings.viewer.cors_origins))
     app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.viewer.forwarded_allow_ips)

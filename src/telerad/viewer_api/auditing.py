@@ -4,10 +4,13 @@ WADO-RS metadata, instances, frames and bulk data, rendered images and thumbnail
 A viewer scrolling a 500-slice series makes hundreds of requests a minute; committing one
 audit row per request (with SQLite's FULL sync, an fsync each) would cost more than serving
 the request. :class:`AuditWriter` queues the events and appends them in batches, one
-transaction per batch, from one thread. There is no waiting window: the thread starts a batch
-as soon as an event arrives and takes whatever else is queued by then, so an idle server
-commits an event within about one commit time (a few milliseconds), and a busy one gathers
-the events that arrived during the previous commit into the next.
+transaction per batch, from one thread. A batch gathers what arrives within :data:`LINGER`
+seconds of its first event (or :attr:`max_batch` events): without that window, a single reader
+scrolling one slice at a time made one commit per request, and that commit's work in the
+writer thread, under the same GIL as the requests, added 1 to 2 ms to each of them (measured:
+a frame 4.95 vs 3.69 ms, a rendered slice 4.92 vs 3.09 ms, with and without auditing).
+:meth:`AuditWriter.flush` and :meth:`AuditWriter.close` cut the window short. The journal below
+makes the window safe: an event is on its way to the database the moment it is recorded.
 
 A process killed outright must not take the queued events with it, so each event is also
 appended to the process's **journal** (:class:`AuditJournal`, a JSON-lines file under
@@ -54,6 +57,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["ROTATE_BYTES", "AuditJournal", "AuditWriter", "replay_journals"]
 
 _STOP = object()
+#: Queued by :meth:`AuditWriter.flush`: write what came before it without waiting.
+_FLUSH = object()
+#: How long the writer waits for more events before committing a batch (seconds).
+LINGER = 0.25
 #: A journal whose events are all committed is emptied once it is larger than this.
 ROTATE_BYTES = 4 * 1024 * 1024
 
@@ -190,9 +197,12 @@ class AuditWriter:
         max_batch: int = 500,
         max_queued: int = 20000,
         journal: Path | None = None,
+        linger: float = LINGER,
     ) -> None:
         self._sessions = sessions
         self._max_batch = max_batch
+        self._linger = linger
+        self._hurry = threading.Event()  # flush, close or a full batch: stop waiting
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
         self._lock = threading.Lock()  # journal order == queue order
         self._seq = 0
@@ -220,18 +230,23 @@ class AuditWriter:
                 self._seq += 1
                 if self._journal is not None:
                     self._journal.append({"seq": self._seq, "event": event})
+                if self._queue.qsize() >= self._max_batch:
+                    self._hurry.set()
         if full:
             self._write([event])
 
     def flush(self) -> None:
         """Block until every queued event is written."""
         if self._thread.is_alive():
+            self._queue.put(_FLUSH)
+            self._hurry.set()
             self._queue.join()
 
     def close(self) -> None:
         """Write what is queued, stop the thread, and remove the journal if all is written."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
+            self._hurry.set()
             self._thread.join(timeout=30)
         if self._journal is not None:
             with self._lock:
@@ -240,21 +255,27 @@ class AuditWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            batch = [item]
-            while len(batch) < self._max_batch:
+            batch = [self._queue.get()]
+            # Wait on the event, not the queue: a put then wakes no thread (each wake-up is a
+            # GIL hand-over in the middle of someone's request).
+            if batch[0] is not _STOP and batch[0] is not _FLUSH:
+                self._hurry.wait(self._linger)
+            self._hurry.clear()
+            while len(batch) < self._max_batch and batch[-1] is not _STOP:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            items = [entry for entry in batch if entry is not _STOP]
+            if len(batch) >= self._max_batch:
+                self._hurry.set()  # more is waiting: the next batch need not
+            items = [entry for entry in batch if entry is not _STOP and entry is not _FLUSH]
             try:
                 if items and self._write_with_retry([event for _, event in items]):
                     self._checkpoint(max(seq for seq, _ in items))
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            if len(items) < len(batch):
+            if batch[-1] is _STOP:
                 return
 
     def _checkpoint(self, done: int) -> None:

@@ -56,8 +56,8 @@ async def get_principal(
         raise AuthenticationFailed("bearer token required")
 
     def resolve() -> Principal:
-        with services.sessions() as session:
-            return principal_from_token(session, token, services.token_secret)
+        with services.reader() as connection:
+            return principal_from_token(connection, token, services.token_secret)
 
     return await run_in_threadpool(resolve)
 
@@ -71,13 +71,25 @@ async def get_scope(principal: PrincipalDep, services: ServicesDep) -> Scope:
         return scope_for(principal)
 
     def referred() -> frozenset[str]:
-        with services.sessions() as session:
-            return referred_study_uids(session, principal)
+        with services.reader() as connection:
+            return referred_study_uids(connection, principal)
 
     return scope_for(principal, await run_in_threadpool(referred))
 
 
 ScopeDep = Annotated[Scope, Depends(get_scope)]
+
+
+def authorize(services: Services, token: str | None) -> tuple[Principal, Scope]:
+    """What :func:`get_principal` and :func:`get_scope` resolve, blocking, in one session (for
+    :mod:`telerad.viewer_api.hotpath`, which resolves them in its single thread hop)."""
+    if not token:
+        raise AuthenticationFailed("bearer token required")
+    with services.reader() as connection:
+        principal = principal_from_token(connection, token, services.token_secret)
+        if principal.role != Role.REFERRER:
+            return principal, scope_for(principal)
+        return principal, scope_for(principal, referred_study_uids(connection, principal))
 
 
 async def require_store(principal: PrincipalDep) -> Principal:

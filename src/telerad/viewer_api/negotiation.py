@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from email.message import Message
+from functools import lru_cache
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -87,7 +88,18 @@ class MediaRange:
 
 def parse_accept(value: str | None) -> list[MediaRange]:
     """Media ranges of an Accept value, best first (by ``q``, then order); ``*/*`` if empty."""
-    pieces = [p for p in _split_commas(value or "") if p.strip()][:MAX_RANGES]
+    text = value or ""
+    return list(_ranked_ranges(text)) if len(text) <= 1024 else _parse(text)
+
+
+@lru_cache(maxsize=256)
+def _ranked_ranges(value: str) -> tuple[MediaRange, ...]:
+    """:func:`_parse`, remembered: a viewer sends the same few Accept values on every request."""
+    return tuple(_parse(value))
+
+
+def _parse(value: str) -> list[MediaRange]:
+    pieces = [p for p in _split_commas(value) if p.strip()][:MAX_RANGES]
     ranges = [_media_range(piece) for piece in pieces] or [MediaRange("*/*", False, None, 1.0)]
     ranked = sorted(enumerate(ranges), key=lambda item: (-item[1].quality, item[0]))
     return [r for _i, r in ranked if r.quality > 0]

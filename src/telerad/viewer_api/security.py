@@ -12,13 +12,16 @@ free-text name match). A study outside the scope looks exactly like a missing on
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 import jwt
-from sqlalchemy.orm import Session
 
-from telerad.storage import Scope
+from telerad.storage import Reader, Scope
 from telerad.worklist import Principal, Role, active_principal, authenticate_site_token
 
 ALGORITHM = "HS256"
@@ -46,7 +49,7 @@ def issue_access_token(principal: Principal, secret: str, minutes: int) -> tuple
     return jwt.encode(claims, secret, algorithm=ALGORITHM), minutes * 60
 
 
-def principal_from_token(session: Session, token: str, secret: str) -> Principal:
+def principal_from_token(session: Reader, token: str, secret: str) -> Principal:
     """Resolve a bearer token (user JWT or site token) to a principal."""
     if token.startswith(SITE_TOKEN_PREFIX):
         principal = authenticate_site_token(session, token)
@@ -54,17 +57,27 @@ def principal_from_token(session: Session, token: str, secret: str) -> Principal
             raise AuthenticationFailed("unknown or revoked site token")
         return principal
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
-        )
+        claims = _verified_claims(token, secret)
     except jwt.PyJWTError as exc:
         raise AuthenticationFailed(f"invalid token: {exc}") from exc
+    if claims["exp"] <= time.time():  # the one check that changes with time (RFC 7519 §4.1.4)
+        raise AuthenticationFailed("invalid token: Signature has expired")
     if claims.get("typ") != "access":
         raise AuthenticationFailed("not an access token")
     principal = active_principal(session, str(claims["sub"]))
     if principal is None:
         raise AuthenticationFailed("user unknown or disabled")
     return principal
+
+
+@lru_cache(maxsize=4096)
+def _verified_claims(token: str, secret: str) -> Mapping[str, Any]:
+    """The claims of ``token``, its signature and claims checked once: a viewer presents the
+    same token on every request, and verifying it (0.03 to 0.2 ms) cost as much as the user
+    lookup. Only valid tokens are kept (an exception is not cached); expiry, the only claim
+    that time can invalidate, is checked by the caller on every use."""
+    claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
+    return MappingProxyType(claims)
 
 
 def scope_for(principal: Principal, referred: frozenset[str] = frozenset()) -> Scope:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from telerad.settings import Settings
@@ -16,6 +16,7 @@ from telerad.storage import (
     migrate,
     open_object_store,
     session_factory,
+    statement_reader,
 )
 from telerad.viewer_api.auditing import AuditWriter
 from telerad.viewer_api.rendering.pipeline import Renderer
@@ -38,11 +39,20 @@ class Services:
     token_secret: str
     writer: sessionmaker[Session]
     renderer: Renderer = field(init=False)
+    _statement_reader: Engine = field(init=False, repr=False)
     audit: AuditWriter = field(init=False)
 
     def __post_init__(self) -> None:
+        self._statement_reader = statement_reader(self.engine)
         self.renderer = Renderer(self.objects, self.settings.rendering)
         self.audit = AuditWriter(self.writer, journal=self.settings.data_dir / "audit-journal")
+
+    def reader(self) -> Connection:
+        """A bare connection for lookups of plain columns, each statement on its own (``with
+        services.reader() as connection``): the same statements as a session, without the
+        ORM's execution layer or, on SQLite, a transaction (:data:`telerad.storage.Reader`,
+        :func:`telerad.storage.statement_reader`)."""
+        return self._statement_reader.connect()
 
     def close(self) -> None:
         """Release connections."""

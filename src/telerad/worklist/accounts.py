@@ -25,7 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from telerad.storage import Modality, ReaderSite, Site, SiteToken, User
+from telerad.storage import Modality, Reader, ReaderSite, Site, SiteToken, User
 
 _HASHER = PasswordHasher()
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -169,7 +169,7 @@ def principal_for_user(session: Session, user: User) -> Principal:
     return Principal(user.username, user.role, user.site_id, reading)
 
 
-def active_principal(session: Session, username: str) -> Principal | None:
+def active_principal(session: Reader, username: str) -> Principal | None:
     """The principal of the active user ``username`` with the sites he reads for, in one
     query (every authenticated request makes it); None if unknown or deactivated."""
     rows = session.execute(_principal_statement(), {"username": username}).all()
@@ -198,7 +198,7 @@ def create_site_token(session: Session, site: str, name: str = "gateway") -> str
     return token
 
 
-def authenticate_site_token(session: Session, token: str) -> Principal | None:
+def authenticate_site_token(session: Reader, token: str) -> Principal | None:
     """The site principal for a valid, unrevoked site token, else None."""
     row = session.execute(_site_token_statement(), {"digest": _digest(token)}).first()
     if row is None:

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from telerad.storage import (
+    Reader,
     ReaderSite,
     ReadingPoolMember,
     ReadingRequest,
@@ -73,7 +74,7 @@ def user_id_of(session: Session, username: str) -> int | None:
     return session.scalar(select(User.id).where(User.username == username, User.active.is_(True)))
 
 
-def referred_study_uids(session: Session, principal: Principal) -> frozenset[str]:
+def referred_study_uids(session: Reader, principal: Principal) -> frozenset[str]:
     """The studies whose order names ``principal`` (a referrer) as the referring doctor."""
     if principal.role != Role.REFERRER or principal.is_site_token:
         return frozenset()

@@ -100,7 +100,7 @@ def retrieve_rendered_study(
     scope: ScopeDep, address: AddressDep,
 ) -> Response:  # fmt: skip
     """A representative image of the study (its largest series' middle instance)."""
-    return _answer(Target(study), request, services, principal, scope, address)
+    return rendered_answer(Target(study), request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/series/{series}/rendered")
@@ -109,7 +109,7 @@ def retrieve_rendered_series(
     scope: ScopeDep, address: AddressDep,
 ) -> Response:  # fmt: skip
     """A representative image of the series (its middle instance)."""
-    return _answer(Target(study, series), request, services, principal, scope, address)
+    return rendered_answer(Target(study, series), request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
@@ -119,7 +119,7 @@ def retrieve_rendered_instance(
 ) -> Response:  # fmt: skip
     """The instance rendered (first frame; all frames as GIF), or its PDF."""
     target = Target(study, series, instance)
-    return _answer(target, request, services, principal, scope, address)
+    return rendered_answer(target, request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
@@ -128,8 +128,8 @@ def retrieve_rendered_frames(
     services: ServicesDep, principal: PrincipalDep, scope: ScopeDep, address: AddressDep,
 ) -> Response:  # fmt: skip
     """One frame rendered."""
-    target = Target(study, series, instance, _frame_number(frames))
-    return _answer(target, request, services, principal, scope, address)
+    target = Target(study, series, instance, frame_number(frames))
+    return rendered_answer(target, request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/thumbnail")
@@ -139,7 +139,7 @@ def retrieve_study_thumbnail(
 ) -> Response:  # fmt: skip
     """A thumbnail of the study's representative image."""
     target = Target(study, thumbnail=True)
-    return _answer(target, request, services, principal, scope, address)
+    return rendered_answer(target, request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
@@ -149,7 +149,7 @@ def retrieve_series_thumbnail(
 ) -> Response:  # fmt: skip
     """A thumbnail of the series' middle instance."""
     target = Target(study, series, thumbnail=True)
-    return _answer(target, request, services, principal, scope, address)
+    return rendered_answer(target, request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
@@ -159,7 +159,7 @@ def retrieve_instance_thumbnail(
 ) -> Response:  # fmt: skip
     """A thumbnail of the instance (its middle frame)."""
     target = Target(study, series, instance, thumbnail=True)
-    return _answer(target, request, services, principal, scope, address)
+    return rendered_answer(target, request, services, principal, scope, address)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
@@ -168,14 +168,14 @@ def retrieve_frame_thumbnail(
     services: ServicesDep, principal: PrincipalDep, scope: ScopeDep, address: AddressDep,
 ) -> Response:  # fmt: skip
     """A thumbnail of one frame."""
-    target = Target(study, series, instance, _frame_number(frames), thumbnail=True)
-    return _answer(target, request, services, principal, scope, address)
+    target = Target(study, series, instance, frame_number(frames), thumbnail=True)
+    return rendered_answer(target, request, services, principal, scope, address)
 
 
 # --- the shared path ----------------------------------------------------------------------
 
 
-def _answer(
+def rendered_answer(
     target: Target,
     request: Request,
     services: Services,
@@ -183,14 +183,16 @@ def _answer(
     scope: Scope,
     address: str,
 ) -> Response:
-    """Locate, authorize, negotiate, render (or 304), audit and prefetch."""
+    """Locate, authorize, negotiate, render (or 304), audit and prefetch; blocking (the routes
+    are plain ``def``, run in the thread pool; the :mod:`hot path <telerad.viewer_api.hotpath>`
+    calls it in its own single hop)."""
     for uid in (target.study, target.series, target.instance):
         if uid is not None:
             validate_uid(uid, "UID in the URL")
     settings = services.settings.rendering
     parameters = _parameters(request, settings, target.thumbnail)
-    with services.sessions() as session:
-        found = find_instances(session, scope, target.study, target.series, target.instance)
+    with services.reader() as connection:
+        found = find_instances(connection, scope, target.study, target.series, target.instance)
     renderer = services.renderer
     instance, frame = _choose(renderer, found, target)
     accept = request.query_params.get("accept", request.headers.get("accept"))
@@ -271,7 +273,7 @@ def _window(window: str | None, preset: str | None) -> windowing.Window | None:
     return windowing.parse_window(window) if window is not None else None
 
 
-def _frame_number(frames: str) -> int:
+def frame_number(frames: str) -> int:
     """The one frame number of a ``frames/{n}`` path; 400 for a list or malformed text,
     404 (FrameNotFound) for 0 or an absurd number."""
     text = frames.strip()
@@ -418,8 +420,8 @@ def _series_listing(
     if cached is not None and now - cached[0] < LISTING_TTL:
         listing: list[StoredInstance] = cached[1]
         return listing
-    with services.sessions() as session:
-        listing = find_instances(session, scope, instance.study_uid, instance.series_uid)
+    with services.reader() as connection:
+        listing = find_instances(connection, scope, instance.study_uid, instance.series_uid)
     size = sum(len(i.metadata_json) + 512 for i in listing)
     renderer.cache.put(key, (now, listing), size)
     return listing

@@ -89,12 +89,16 @@ class Caller:
         """The visible instances of the resource (404 otherwise)."""
 
         def find() -> list[StoredInstance]:
-            with self.services.sessions() as session:
-                return find_instances(session, self.scope, study, series, instance)
+            with self.services.reader() as connection:
+                return find_instances(connection, self.scope, study, series, instance)
 
         return await run_in_threadpool(find)
 
     async def audit(self, action: str, request: Request, study: str, detail: str = "") -> None:
+        """:meth:`record` from the event loop."""
+        self.record(action, request, study, detail)
+
+    def record(self, action: str, request: Request, study: str, detail: str = "") -> None:
         """Append the access to the audit log (through the app's batched
         :class:`~telerad.viewer_api.auditing.AuditWriter`: no commit on the request's path)."""
         self.services.audit.record(
@@ -211,8 +215,8 @@ async def _metadata(
         raise NotAcceptable("metadata is available as application/dicom+json")
 
     def read() -> str:
-        with caller.services.sessions() as session:
-            texts = find_metadata(session, caller.scope, study, series, instance)
+        with caller.services.reader() as connection:
+            texts = find_metadata(connection, caller.scope, study, series, instance)
         return ("[" + ",".join(texts) + "]").replace(BASE_URI_MARKER, base)
 
     body = await run_in_threadpool(read)
@@ -229,9 +233,18 @@ async def retrieve_frames(
     caller: CallerDep,
 ) -> Response:  # fmt: skip
     """Frames of an instance, 1-based, in the order listed (PS3.18 §10.4.1.1.5)."""
+    return await run_in_threadpool(frames_answer, request, caller, study, series, instance, frames)
+
+
+def frames_answer(
+    request: Request, caller: Caller, study: str, series: str, instance: str, frames: str
+) -> Response:
+    """The frames route's work, blocking (the route runs it in the thread pool, the
+    :mod:`hot path <telerad.viewer_api.hotpath>` in its own single hop)."""
     numbers = parse_frame_list(frames)
-    [found] = await caller.instances(study, series, instance)
-    return await _frames(request, caller, found, numbers, "wado-frames", f"frames {frames[:200]}")
+    with caller.services.reader() as connection:
+        [found] = find_instances(connection, caller.scope, study, series, instance)
+    return _frames_answer(request, caller, found, numbers, "wado-frames", f"frames {frames[:200]}")
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{path:path}")
@@ -264,14 +277,20 @@ async def _frames(
     request: Request, caller: Caller, found: StoredInstance, numbers: list[int], action: str,
     detail: str,
 ) -> Response:  # fmt: skip
+    return await run_in_threadpool(_frames_answer, request, caller, found, numbers, action, detail)
+
+
+def _frames_answer(
+    request: Request, caller: Caller, found: StoredInstance, numbers: list[int], action: str,
+    detail: str,
+) -> Response:  # fmt: skip
     count = frame_count(found)
     plan = plan_frames(_accept(request), found.transfer_syntax_uid, len(numbers))
     etag = _etag(found.sha256, f"{plan.content_type}|{','.join(map(str, numbers))}", plan.multipart)
     if _not_modified(request, etag):
         return _cached(Response(status_code=304), etag)
-    objects = caller.services.objects
-    await caller.audit(action, request, study_of(found), f"{detail} of {count}")
-    parts, content_type = await run_in_threadpool(frames_payload, objects, found, numbers, plan)
+    caller.record(action, request, study_of(found), f"{detail} of {count}")
+    parts, content_type = frames_payload(caller.services.objects, found, numbers, plan)
     return _payload(parts, content_type, plan.multipart, etag)
 
 
