@@ -4,7 +4,7 @@ Usage::
 
     python bench/dicomweb.py [--slices 200] [--repeat 40] [--clients 8] [--per-client 100]
                              [--profile [METRIC]] [--orthanc-option KEY=JSON] [--json]
-                             [--workers N]
+                             [--workers N] [--only KEY,…]
 
 Both servers run at once on free localhost ports with fresh temporary data directories:
 ``telerad serve`` (the centre's API and site ``local``'s gateway, whose SCP answers C-FIND) and
@@ -233,12 +233,19 @@ def load_series(work: Path, slices: int) -> tuple[Loaded, list[bytes]]:
     return loaded, [p.read_bytes() for p in files]
 
 
+NOT_RUN = "not run (--only)"
+
+
 def measure_all(
     servers: Sequence[Server], loaded: Loaded, args: argparse.Namespace
 ) -> dict[str, dict[str, Measured]]:
     """Every metric on every server, metric by metric."""
     results: dict[str, dict[str, Measured]] = {m.key: {} for m in METRICS}
     for metric in METRICS:
+        if args.only and metric.key not in args.only:
+            for server in servers:
+                results[metric.key][server.name] = Measured(values=[], error=NOT_RUN)
+            continue
         for server in servers:
             print(f"  {metric.title}: {server.name} …", file=sys.stderr, flush=True)
             results[metric.key][server.name] = run_metric(metric, server, loaded, args)
@@ -264,6 +271,7 @@ def run_metric(
 def report(results: dict[str, dict[str, Measured]], names: Sequence[str]) -> str:
     """The table: each metric's figure per server, telerad/Orthanc, the target, met or not."""
     telerad, orthanc = names
+    skipped = {m.key for m in METRICS if results[m.key][telerad].error == NOT_RUN}
     head = f"{'metric':<22} | {telerad:>10} | {orthanc:>10} | {'ratio':>6} | {'target':>8} | met"
     lines = [head, "-" * len(head)]
     for metric in METRICS:
@@ -283,7 +291,7 @@ def report(results: dict[str, dict[str, Measured]], names: Sequence[str]) -> str
         f"  {metric.title} on {name}: {results[metric.key][name].error}"
         for metric in METRICS
         for name in names
-        if results[metric.key][name].error
+        if results[metric.key][name].error and metric.key not in skipped
     ]
     if errors:
         lines += ["", "not measured:", *errors]
@@ -333,6 +341,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="telerad's HTTP worker processes (http.workers; default: one per core, as Orthanc"
         " is one process with a thread pool on every core)",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", type=lambda text: set(text.split(",")), default=set(), metavar="KEY,…",
+        help=f"measure only these metrics ({', '.join(m.key for m in METRICS)})",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
         "--orthanc-option", action="append", default=[], metavar="KEY=JSON",
@@ -340,6 +352,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.orthanc_option = dict(parse_option(parser, o) for o in args.orthanc_option)
+    if unknown := args.only - {m.key for m in METRICS}:
+        parser.error(f"--only: no metric {', '.join(sorted(unknown))}")
     if args.slices < 20 or min(args.repeat, args.clients, args.per_client) < 1:
         parser.error("--slices must be at least 20; --repeat/--clients/--per-client positive")
     return args

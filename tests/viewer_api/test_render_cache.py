@@ -126,6 +126,37 @@ def test_a_failing_job_does_not_stop_the_prefetcher(prefetcher: Prefetcher) -> N
     assert prefetcher.wait_idle(10) and done.is_set()
 
 
+def test_a_request_claims_a_job_running_for_it_and_takes_back_one_not_started() -> None:
+    """What a request needs is never produced twice: it waits for the job already producing
+    it, and cancels one still queued (then does the work itself)."""
+    prefetcher = Prefetcher(workers=1, max_pending=4)
+    started, gate = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def running() -> str:
+        started.set()
+        gate.wait(10)
+        ran.append("running")
+        return "image"
+
+    try:
+        assert prefetcher.submit("running", running)
+        assert prefetcher.submit("queued", lambda: ran.append("queued"))
+        assert started.wait(10)
+
+        assert prefetcher.claim("queued") is None  # not started: cancelled, the caller renders
+        claimed = prefetcher.claim("running")
+        assert claimed is not None
+        gate.set()
+        assert claimed.result(10) == "image"  # the running job's own result
+        assert prefetcher.wait_idle(10)
+        assert ran == ["running"]  # the cancelled job never ran
+        assert prefetcher.claim("running") is None  # finished: nothing to claim
+    finally:
+        gate.set()
+        prefetcher.close()
+
+
 def test_no_workers_means_no_prefetch() -> None:
     disabled = Prefetcher(workers=0)
     assert not disabled.submit("k", lambda: None)

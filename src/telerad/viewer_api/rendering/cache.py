@@ -9,6 +9,10 @@ stale, and nothing in it is served without the request's own authorization check
 :class:`Prefetcher` runs small jobs (decode and render the neighbours of a slice just served)
 on a few background threads, so that scrolling through a series finds its next slices in the
 cache. It drops work rather than queue it without bound, and never runs a job twice at once.
+A request that needs what a job is producing :meth:`claims <Prefetcher.claim>` it: it waits
+for a job already running, and takes back one not yet started, so no slice is ever rendered
+twice (when readers scroll faster than the prefetch thread, as eight at once on two cores do,
+every slice was rendered by both).
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class Prefetcher:
             if workers > 0
             else None
         )
-        self._pending: set[Hashable] = set()
+        self._pending: dict[Hashable, Future[Any] | None] = {}  # None: being submitted
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.completed = 0
@@ -127,14 +131,26 @@ class Prefetcher:
         with self._lock:
             if key in self._pending or len(self._pending) >= self.max_pending:
                 return False
-            self._pending.add(key)
+            self._pending[key] = None
         try:
             future = self._pool.submit(job)
         except RuntimeError:  # shut down
             self._finish(key)
             return False
+        with self._lock:
+            if key in self._pending:  # else it already ran and finished
+                self._pending[key] = future
         future.add_done_callback(lambda done: self._done(key, done))
         return True
+
+    def claim(self, key: Hashable) -> Future[Any] | None:
+        """The job producing ``key`` if it is running (wait for its result), else None: a job
+        not yet started is cancelled, and the caller does the work itself, at once."""
+        with self._lock:
+            future = self._pending.get(key)
+        if future is None or future.cancel():
+            return None
+        return future
 
     def _done(self, key: Hashable, future: Future[object]) -> None:
         error = None if future.cancelled() else future.exception()
@@ -144,7 +160,7 @@ class Prefetcher:
 
     def _finish(self, key: Hashable) -> None:
         with self._lock:
-            self._pending.discard(key)
+            self._pending.pop(key, None)
             self.completed += 1
             self._idle.notify_all()
 

@@ -15,6 +15,7 @@ C.7.6.3.1.5), shown with the top 8 bits of the LUT entries.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -69,6 +70,9 @@ __all__ = [
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 #: An animated GIF of a multi-frame instance holds at most this many (leading) frames.
 MAX_ANIMATION_FRAMES = 512
+#: How long a request waits for the prefetch job already rendering its image (seconds); then
+#: it renders the image itself.
+PREFETCH_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,16 @@ class Renderer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
+        running = self.prefetcher.claim(key)
+        if running is not None:
+            # A failed prefetch: render it here, where the error reaches the request.
+            with contextlib.suppress(Exception):
+                return running.result(timeout=PREFETCH_WAIT)  # type: ignore[no-any-return]
+        return self._render(key, instance, frame, request)
+
+    def _render(
+        self, key: tuple[Any, ...], instance: StoredInstance, frame: int, request: RenderRequest
+    ) -> bytes:
         image = fit_viewport(self.display(instance, frame, request.window), request.viewport)
         body = encode(image, request.media_type, request.quality, self.settings.png_compress_level)
         self.cache.put(key, body, len(body))
@@ -245,17 +259,18 @@ class Renderer:
             key = ("rendered", instance.sha256, frame, request)
             if key in self.cache:
                 continue
-            queued += self.prefetcher.submit(key, _job(self.render, instance, frame, request))
+            queued += self.prefetcher.submit(key, _job(self._render, key, instance, frame, request))
         return queued
 
 
 def _job(
-    render: Callable[[StoredInstance, int, RenderRequest], bytes],
+    render: Callable[[tuple[Any, ...], StoredInstance, int, RenderRequest], bytes],
+    key: tuple[Any, ...],
     instance: StoredInstance,
     frame: int,
     request: RenderRequest,
 ) -> Callable[[], bytes]:
-    return lambda: render(instance, frame, request)
+    return lambda: render(key, instance, frame, request)
 
 
 def neighbours(count: int, index: int, reach: int) -> list[int]:
