@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,9 +41,6 @@ TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 SOURCE = IngestSource(site_id=None, issuer="TEST", label="test")
 #: Files no installed codec decodes (pydicom's pixel_array fails on them too), and why.
 KNOWN_UNDECODABLE = {
-    # 12-bit JPEG Extended needs pylibjpeg-libjpeg (GPL-3.0, not a dependency of ours).
-    "JPEG-lossy.dcm": "12-bit JPEG Extended",
-    "JPGExtended.dcm": "12-bit JPEG Extended",
     # A JPEG 2000 codestream corrupted on purpose (pydicom's own test of a bad stream).
     "JPEG2000-embedded-sequence-delimiter.dcm": "corrupt codestream",
 }
@@ -113,6 +111,40 @@ def _reference_frames(path: Path) -> list[np.ndarray] | None:
         return None
     frame_dims = 3 if int(ds.get("SamplesPerPixel") or 1) > 1 else 2
     return list(array) if frames > 1 or array.ndim > frame_dims else [array]
+
+
+TWELVE_BIT_JPEG = ["JPGExtended.dcm", "JPEG-lossy.dcm"]
+
+
+@pytest.mark.parametrize("name", TWELVE_BIT_JPEG)
+def test_twelve_bit_jpeg_extended_decodes_as_dcmtk_does(
+    archive: Archive, name: str, tmp_path: Path
+) -> None:
+    """12-bit JPEG Extended (telerad.viewer_api.jpeg12, imagecodecs) against an independent
+    decoder: dcmtk's dcmdjpeg (IJG's 12-bit libjpeg) writes the same object uncompressed. The
+    in-process reference of the other tests (pydicom's pixel_array) would use our own plugin."""
+    path = TEST_FILES / name
+    out = tmp_path / "decompressed.dcm"
+    done = subprocess.run(["dcmdjpeg", str(path), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    reference = pydicom.dcmread(out)
+    assert reference.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    expected = np.frombuffer(reference.PixelData, dtype="<u2").reshape(
+        reference.Rows, reference.Columns
+    )
+    instance = _store(archive, path.read_bytes())
+    description = PixelDescription.from_metadata(
+        json.loads(instance.metadata_json), instance.transfer_syntax_uid
+    )
+    assert (description.transfer_syntax_uid, description.bits_stored) == (
+        "1.2.840.10008.1.2.4.51",
+        12,
+    )
+
+    decoded = decode_frame(read_frame(archive.objects, instance, 1), description)
+
+    assert decoded.dtype == np.uint16 and expected.max() > 255  # really 12-bit content
+    assert np.array_equal(decoded, expected)
 
 
 @pytest.mark.parametrize("path", PIXEL_FILES, ids=lambda p: p.name)

@@ -41,8 +41,9 @@ TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 EVRLE = "1.2.840.10008.1.2.1"
 LOSSY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
          "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}  # fmt: skip
-#: Bundled files no installed codec decodes (pydicom's pixel_array fails too).
-UNDECODABLE = {"JPEG-lossy.dcm", "JPGExtended.dcm", "JPEG2000-embedded-sequence-delimiter.dcm"}
+#: Bundled files no installed codec decodes (pydicom's pixel_array fails too): a JPEG 2000
+#: codestream corrupted on purpose.
+UNDECODABLE = {"JPEG2000-embedded-sequence-delimiter.dcm"}
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 

@@ -5,7 +5,8 @@ frame (PS3.5 §8.1.1, little endian) or the compressed bitstream of one encapsul
 (PS3.5 §A.4, its fragments concatenated). It is described by a :class:`PixelDescription` read
 from the instance's stored DICOM JSON (PS3.18 Annex F) and decoded with pydicom's pixel backends
 (:mod:`pydicom.pixels`): RLE Lossless, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000 and
-HTJ2K, through pylibjpeg, pylibjpeg-rle, pylibjpeg-openjpeg and pyjpegls.
+HTJ2K, through pylibjpeg, pylibjpeg-rle, pylibjpeg-openjpeg and pyjpegls; 12-bit JPEG Extended
+through imagecodecs (:mod:`telerad.viewer_api.jpeg12`, registered on import of this module).
 
 Colour: frames come out as pydicom's ``pixel_array`` gives them (``as_rgb=True``): a
 ``YBR_FULL`` or ``YBR_FULL_422`` frame (JPEG baseline/extended typically) is converted to **RGB**;
@@ -29,6 +30,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
+from telerad.viewer_api import jpeg12
+
 __all__ = [
     "CorruptFrame",
     "NotAnImage",
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 _PIXEL_DATA = "7FE00010"
+
+jpeg12.register()
 
 
 class NotAnImage(Exception):
