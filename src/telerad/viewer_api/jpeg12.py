@@ -19,14 +19,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pydicom.pixels.decoders import JPEGExtended12BitDecoder
-from pydicom.pixels.decoders.base import DecodeRunner
+import imagecodecs
+from pydicom.pixels.decoders.base import DecodeRunner, get_decoder
 from pydicom.uid import UID, JPEGExtended12Bit
-
-try:
-    import imagecodecs
-except ImportError:  # pragma: no cover - a dependency; without it the plugin is unavailable
-    imagecodecs = None
 
 __all__ = ["DECODER_DEPENDENCIES", "LABEL", "is_available", "register"]
 
@@ -36,7 +31,7 @@ DECODER_DEPENDENCIES = {JPEGExtended12Bit: ("numpy", "imagecodecs>=2024.1.1")}
 
 def is_available(uid: UID) -> bool:
     """Whether this plugin can decode ``uid`` here (imagecodecs with libjpeg-turbo 3)."""
-    if uid != JPEGExtended12Bit or imagecodecs is None:
+    if uid != JPEGExtended12Bit:
         return False
     versions: dict[str, Any] = imagecodecs.version(dict)
     turbo = str(versions.get("libjpeg_turbo", "0")).split(".", 1)[0]
@@ -61,4 +56,4 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 def register() -> None:
     """Add the plugin to pydicom's JPEG Extended decoder (once; later calls do nothing)."""
     with contextlib.suppress(ValueError):  # already added
-        JPEGExtended12BitDecoder.add_plugin(LABEL, (__name__, "_decode_frame"))
+        get_decoder(JPEGExtended12Bit).add_plugin(LABEL, (__name__, "_decode_frame"))
