@@ -95,6 +95,37 @@ def test_a_batch_waits_for_more_events_and_flush_cuts_the_wait_short(engine: Eng
     assert _written(engine) == ["0", "1", "2", "3"]
 
 
+def test_an_event_recorded_while_closing_is_written_and_a_racing_flush_returns(
+    engine: Engine,
+) -> None:
+    """close() stops the thread behind a marker; what is recorded after that must still reach
+    the database (written by the caller), and a flush() racing with close() must return."""
+    writer = AuditWriter(session_factory(engine, writer=True), linger=0.0)
+    write, started = writer._write, threading.Event()
+
+    def slow(events: list[dict[str, object]]) -> None:
+        started.set()
+        time.sleep(0.5)  # the writer is busy with its last batch while close() waits
+        write(events)
+
+    writer._write = slow  # type: ignore[method-assign]
+    writer.record(**_event(1))
+    assert started.wait(10)
+    closing = threading.Thread(target=writer.close)
+    closing.start()
+    deadline = time.monotonic() + 10
+    while not writer._closing and time.monotonic() < deadline:
+        time.sleep(0.005)
+    writer.record(**_event(2))
+    flushing = threading.Thread(target=writer.flush)
+    flushing.start()
+    closing.join(30)
+    flushing.join(30)
+
+    assert not flushing.is_alive()
+    assert sorted(_written(engine)) == ["1", "2"]
+
+
 # -- the journal: nothing lost to SIGKILL --------------------------------------------------
 
 CHILD = """

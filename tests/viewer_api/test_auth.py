@@ -4,6 +4,7 @@ routes that need them, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -143,7 +144,7 @@ def test_a_token_that_expires_after_use_is_refused_from_then_on(shared_api, monk
     assert me(shared_api, token).status_code == 200  # verified, and now remembered
 
     later = datetime.now(UTC).timestamp() + 31
-    monkeypatch.setattr(security.time, "time", lambda: later)
+    monkeypatch.setattr(security, "time", SimpleNamespace(time=lambda: later))
 
     assert_unauthenticated(me(shared_api, token))
     assert (

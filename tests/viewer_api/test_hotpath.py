@@ -28,7 +28,7 @@ from tests.factories import corrupt_rle_instance, encapsulated_pdf, multiframe_c
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 COMPARED_HEADERS = (
     "content-type", "etag", "cache-control", "vary", "cross-origin-resource-policy",
-    "www-authenticate", "content-length",
+    "www-authenticate", "content-length", "content-encoding",
 )  # fmt: skip
 
 
@@ -45,7 +45,8 @@ def stored(shared_api: Api) -> dict[str, tuple[str, str, str]]:
     """A 3-frame CT, a PDF and an instance with a corrupt RLE frame, stored for county1."""
     instances = {
         "ct": multiframe_ct(frames=3, size=16, PatientID="HOT1"),
-        "pdf": encapsulated_pdf(b"%PDF-1.4\n%%EOF\n", PatientID="HOT2"),
+        # over GZip's 1 KiB threshold, so a difference in compression would show
+        "pdf": encapsulated_pdf(b"%PDF-1.4\n" + b"% filler\n" * 400 + b"%%EOF\n", PatientID="HOT2"),
         "corrupt": corrupt_rle_instance(),
     }
     body, content_type = multipart_related(list(instances.values()))
@@ -60,6 +61,19 @@ def stored(shared_api: Api) -> dict[str, tuple[str, str, str]]:
         ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
         uids[name] = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     return uids
+
+
+def test_the_hot_path_matches_what_the_router_matches_behind_a_path_prefix() -> None:
+    """Behind a proxy's prefix (``root_path``, which uvicorn puts in front of ``path``) the
+    hot path sees the same route path as Starlette's router, and a path that is only the
+    prefix's lookalike is not stripped."""
+    tail = "/dicomweb/studies/1.2/series/1.3/instances/1.4/frames/1"
+    assert hotpath.route_path({"path": "/pacs" + tail, "root_path": "/pacs"}) == tail
+    assert hotpath.route_path({"path": tail, "root_path": ""}) == tail
+    assert hotpath.route_path({"path": "/pacsx" + tail, "root_path": "/pacs"}) == "/pacsx" + tail
+    assert hotpath._PATH.fullmatch(
+        hotpath.route_path({"path": "/pacs" + tail, "root_path": "/pacs"})
+    )
 
 
 def _path(uids: tuple[str, str, str], tail: str) -> str:

@@ -139,6 +139,7 @@ def stored_objects(api: Api) -> list[str]:
 
 
 def row_count(api: Api, model: type) -> int:
+    api.services.audit.flush()  # batched read events land when their batch does
     with api.services.sessions() as session:
         return session.scalar(select(func.count()).select_from(model)) or 0
 

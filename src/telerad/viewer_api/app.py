@@ -40,12 +40,14 @@ from telerad.viewer_api.services import Services, build_services
 from telerad.worklist import EscalationHook, WorklistLoop, WorklistPolicy, notify_task_escalated
 
 #: Pixel payloads are sent as they are: compressed ones do not shrink, and gzip of raw frames
-#: costs more time than it saves on the links viewers use (frames must come fast).
+#: costs more time than it saves on the links viewers use (frames must come fast). PDFs keep
+#: their own compressed streams. The hot path (outside GZip) answers only these types.
 NOT_COMPRESSED = (
     *DEFAULT_EXCLUDED_CONTENT_TYPES,
     "multipart/related",
     "application/dicom",
     "application/octet-stream",
+    "application/pdf",
     "image/*",
     "video/*",
 )
@@ -99,7 +101,7 @@ def create_app(
 
     app = FastAPI(title="telerad", version=__version__, lifespan=lifespan)
     app.add_middleware(GZipMiddleware, minimum_size=1024, exclude_content_types=NOT_COMPRESSED)
-    if hot_path:  # inside CORS and the proxy middleware, outside GZip (images are not gzipped)
+    if hot_path:  # inside CORS and the proxy middleware, outside GZip (see NOT_COMPRESSED)
         app.add_middleware(HotPath)
     if settings.viewer.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_options(settings.viewer.cors_origins))

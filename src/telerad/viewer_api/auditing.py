@@ -207,6 +207,7 @@ class AuditWriter:
         self._lock = threading.Lock()  # journal order == queue order
         self._seq = 0
         self._failed = False  # a batch was refused: keep the journal for the next start
+        self._closing = False  # set under _lock by close(): record() then writes itself
         self._journal: AuditJournal | None = None
         if journal is not None:
             replay_journals(journal, self._write, max_batch)
@@ -217,41 +218,57 @@ class AuditWriter:
     def record(self, **event: Any) -> None:
         """Queue one event (the keyword arguments of ``record_access``)."""
         event.setdefault("at", datetime.now(UTC))
-        if not self._thread.is_alive():
-            self._write([event])
-            return
+        queued = False
         with self._lock:
-            try:
-                self._queue.put_nowait((self._seq + 1, event))
-            except queue.Full:  # back-pressure: never drop an audit event
-                full = True
-            else:
-                full = False
-                self._seq += 1
-                if self._journal is not None:
-                    self._journal.append({"seq": self._seq, "event": event})
-                if self._queue.qsize() >= self._max_batch:
-                    self._hurry.set()
-        if full:
+            if not self._closing and self._thread.is_alive():
+                try:
+                    self._queue.put_nowait((self._seq + 1, event))
+                except queue.Full:  # back-pressure: never drop an audit event
+                    pass
+                else:
+                    queued = True
+                    self._seq += 1
+                    if self._journal is not None:
+                        self._journal.append({"seq": self._seq, "event": event})
+                    if self._queue.qsize() >= self._max_batch:
+                        self._hurry.set()
+        if not queued:  # full, closing or closed: written here, now
             self._write([event])
 
     def flush(self) -> None:
         """Block until every queued event is written."""
-        if self._thread.is_alive():
+        if self._thread.is_alive() and not self._closing:
             self._queue.put(_FLUSH)
             self._hurry.set()
-            self._queue.join()
+        self._queue.join()  # close() accounts for a marker queued behind its stop
 
     def close(self) -> None:
-        """Write what is queued, stop the thread, and remove the journal if all is written."""
+        """Write what is queued, stop the thread, and remove the journal if all is written.
+        Events recorded from now on are written by their callers (:meth:`record`)."""
+        with self._lock:  # every event queued before this is ahead of the stop marker
+            self._closing = True
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._hurry.set()
             self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._release_leftovers()
         if self._journal is not None:
             with self._lock:
                 self._journal.close(remove=not self._failed and not self._thread.is_alive())
                 self._journal = None
+
+    def _release_leftovers(self) -> None:
+        """After the thread has stopped: what a racing :meth:`flush` queued behind the stop
+        marker (nothing else can be there: :meth:`record` no longer queues)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):  # an event after all: write it rather than lose it
+                self._write([item[1]])
+            self._queue.task_done()
 
     def _run(self) -> None:
         while True:

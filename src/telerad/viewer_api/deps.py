@@ -81,8 +81,8 @@ ScopeDep = Annotated[Scope, Depends(get_scope)]
 
 
 def authorize(services: Services, token: str | None) -> tuple[Principal, Scope]:
-    """What :func:`get_principal` and :func:`get_scope` resolve, blocking, in one session (for
-    :mod:`telerad.viewer_api.hotpath`, which resolves them in its single thread hop)."""
+    """What :func:`get_principal` and :func:`get_scope` resolve, blocking, on one connection
+    (for :mod:`telerad.viewer_api.hotpath`, which resolves them in its single thread hop)."""
     if not token:
         raise AuthenticationFailed("bearer token required")
     with services.reader() as connection:

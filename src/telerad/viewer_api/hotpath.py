@@ -60,7 +60,7 @@ class HotPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = None
         if scope["type"] == "http" and scope["method"] == "GET":
-            match = _PATH.fullmatch(scope["path"])
+            match = _PATH.fullmatch(route_path(scope))
         if match is None:
             await self.app(scope, receive, send)
             return
@@ -74,6 +74,16 @@ class HotPath:
             answer = handler(request, exc)
             response = await answer if inspect.isawaitable(answer) else answer
         await response(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: ``path`` without the ``root_path`` a reverse proxy's prefix
+    puts in front of it (as Starlette's own routing strips it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path != root and path[len(root)] == "/":
+        return path[len(root) :]
+    return path
 
 
 def _answer(request: Request, match: re.Match[str]) -> Response:
@@ -93,8 +103,9 @@ def _answer(request: Request, match: re.Match[str]) -> Response:
 
 
 def _handler_for(app: Any, exc: Exception) -> Handler | None:
-    """The exception handler the app registered for ``exc``'s class or its nearest base, as
-    Starlette's exception middleware looks it up."""
+    """The exception handler the app registered for ``exc``'s class or its nearest base (the
+    class lookup of Starlette's exception middleware; the app registers no handlers by status
+    code, which Starlette would try first for an ``HTTPException``)."""
     handlers: dict[Any, Handler] = app.exception_handlers
     for cls in type(exc).__mro__:
         if cls in handlers:

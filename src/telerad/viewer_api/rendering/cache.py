@@ -10,9 +10,9 @@ stale, and nothing in it is served without the request's own authorization check
 on a few background threads, so that scrolling through a series finds its next slices in the
 cache. It drops work rather than queue it without bound, and never runs a job twice at once.
 A request that needs what a job is producing :meth:`claims <Prefetcher.claim>` it: it waits
-for a job already running, and takes back one not yet started, so no slice is ever rendered
-twice (when readers scroll faster than the prefetch thread, as eight at once on two cores do,
-every slice was rendered by both).
+for a job already running, and takes back one not yet started, so a slice is not rendered by
+both (when readers scroll faster than the prefetch thread, as eight at once on two cores do,
+every slice was); only a job still running after the request's wait (10 s) is duplicated.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Prefetcher:
             if workers > 0
             else None
         )
-        self._pending: dict[Hashable, Future[Any] | None] = {}  # None: being submitted
+        self._pending: dict[Hashable, Future[Any]] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.completed = 0
@@ -128,18 +128,15 @@ class Prefetcher:
         full; returns whether it was queued."""
         if self._pool is None:
             return False
-        with self._lock:
+        with self._lock:  # submitted under the lock: claim() never sees a key without its job
             if key in self._pending or len(self._pending) >= self.max_pending:
                 return False
-            self._pending[key] = None
-        try:
-            future = self._pool.submit(job)
-        except RuntimeError:  # shut down
-            self._finish(key)
-            return False
-        with self._lock:
-            if key in self._pending:  # else it already ran and finished
-                self._pending[key] = future
+            try:
+                future = self._pool.submit(job)
+            except RuntimeError:  # shut down
+                return False
+            self._pending[key] = future
+        # Outside the lock: on a job already done, the callback runs here, and takes the lock.
         future.add_done_callback(lambda done: self._done(key, done))
         return True
 
