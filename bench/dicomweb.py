@@ -283,6 +283,10 @@ def report(results: dict[str, dict[str, Measured]], names: Sequence[str]) -> str
             f"{metric.title:<22} | {metric.show(ours):>10} | {metric.show(theirs):>10} | "
             f"{shown:>6} | {metric.target_text:>8} | {met}"
         )
+    cpu = [(name, results["throughput"][name].client_cpu) for name in names]
+    if all(value is not None for _, value in cpu):
+        shown = ", ".join(f"{1000 * (value or 0):.2f} ms against {name}" for name, value in cpu)
+        lines += ["", f"CPU of this (client) process per request in the 8-client run: {shown}"]
     if misses := ", ".join(f"{ae} {n}" for ae, n in cfind.MISSES.items()):
         lines += ["", f"C-FIND queries that found no match (counted in the figures): {misses}"]
     for name, problem in CFIND_RETRIES:

@@ -37,6 +37,8 @@ class Measured:
 
     values: list[float]
     error: str | None = None
+    #: Throughput only: this (client) process's CPU seconds per request during the run.
+    client_cpu: float | None = None
 
     @property
     def p50(self) -> float:
@@ -277,13 +279,14 @@ def throughput(
     for thread in threads:
         thread.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     if errors:
         raise BenchError(errors[0])
-    return Measured([clients * per_client / elapsed])
+    requests = clients * per_client
+    return Measured([requests / elapsed], client_cpu=cpu / requests)
 
 
 def check_server(server: Server, study: str, series: str, count: int) -> None:
