@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -68,13 +69,13 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 async def get_scope(principal: PrincipalDep, services: ServicesDep) -> Scope:
     """The studies the caller may see (a referrer's referrals are read per request)."""
     if principal.role != Role.REFERRER:
-        return scope_for(principal)
+        return scope_for(principal)  # no query, no thread hop
 
-    def referred() -> frozenset[str]:
+    def read() -> Scope:
         with services.reader() as connection:
-            return referred_study_uids(connection, principal)
+            return _scope_of(connection, principal)
 
-    return scope_for(principal, await run_in_threadpool(referred))
+    return await run_in_threadpool(read)
 
 
 ScopeDep = Annotated[Scope, Depends(get_scope)]
@@ -87,9 +88,14 @@ def authorize(services: Services, token: str | None) -> tuple[Principal, Scope]:
         raise AuthenticationFailed("bearer token required")
     with services.reader() as connection:
         principal = principal_from_token(connection, token, services.token_secret)
-        if principal.role != Role.REFERRER:
-            return principal, scope_for(principal)
-        return principal, scope_for(principal, referred_study_uids(connection, principal))
+        return principal, _scope_of(connection, principal)
+
+
+def _scope_of(connection: Connection, principal: Principal) -> Scope:
+    """The caller's scope; a referrer's referrals read on ``connection``."""
+    if principal.role != Role.REFERRER:
+        return scope_for(principal)
+    return scope_for(principal, referred_study_uids(connection, principal))
 
 
 async def require_store(principal: PrincipalDep) -> Principal:

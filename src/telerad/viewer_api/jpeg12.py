@@ -50,7 +50,7 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         )
     if array.shape[:2] != (runner.rows, runner.columns):
         raise ValueError(f"the JPEG is {array.shape[1]}x{array.shape[0]}, not as described")
-    return bytes(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def register() -> None:

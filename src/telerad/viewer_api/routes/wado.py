@@ -87,12 +87,14 @@ class Caller:
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> list[StoredInstance]:
         """The visible instances of the resource (404 otherwise)."""
+        return await run_in_threadpool(self.find, study, series, instance)
 
-        def find() -> list[StoredInstance]:
-            with self.services.reader() as connection:
-                return find_instances(connection, self.scope, study, series, instance)
-
-        return await run_in_threadpool(find)
+    def find(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """:meth:`instances`, blocking."""
+        with self.services.reader() as connection:
+            return find_instances(connection, self.scope, study, series, instance)
 
     async def audit(self, action: str, request: Request, study: str, detail: str = "") -> None:
         """:meth:`record` from the event loop."""
@@ -242,8 +244,7 @@ def frames_answer(
     """The frames route's work, blocking (the route runs it in the thread pool, the
     :mod:`hot path <telerad.viewer_api.hotpath>` in its own single hop)."""
     numbers = parse_frame_list(frames)
-    with caller.services.reader() as connection:
-        [found] = find_instances(connection, caller.scope, study, series, instance)
+    [found] = caller.find(study, series, instance)
     return _frames_answer(request, caller, found, numbers, "wado-frames", f"frames {frames[:200]}")
 
 
