@@ -73,6 +73,9 @@ ROUNDS = 20
 SLICES = 300
 #: Instances of a study still to send when a kill during ingest is aimed (see the test).
 KILL_MARGIN = 20
+#: Extra rounds allowed for kills that land after the send ended (the test process stalled
+#: for longer than KILL_MARGIN instances take): such a round tests nothing and is done again.
+SPARE_ROUNDS = 5
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
@@ -184,10 +187,11 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> N
     stored (every fourth round the whole study, as some modalities do). The gateway runs as
     installed, with its default extra SCP process, which must die with it. At the end every
     instance acknowledged before a kill is at the centre once, unchanged, and every study is
-    complete."""
+    complete. A kill that lands after the send has ended (the test process stalled) does not
+    count: that round is done again with another study, at most SPARE_ROUNDS times."""
     rng = random.Random(20241124)
     acked_before_kill: set[str] = set()
-    cut_short = resent_files = 0
+    cut_short = resent_files = missed = 0
     per_round: list[int] = []
     started = time.monotonic()
     with (
@@ -203,7 +207,9 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> N
         sent = storescu(gateway.dicom_port, warm_up.files)
         send_seconds = time.monotonic() - t0
         assert sent.acknowledged == set(warm_up.files), sent.log[-3000:]
-        for number in range(1, ROUNDS + 1):
+        number = 0
+        while cut_short < ROUNDS and missed <= SPARE_ROUNDS:
+            number += 1
             study = pending[number].result()
             log_path = tmp_path / f"storescu-{number}.log"
             with log_path.open("wb") as log:
@@ -220,7 +226,12 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> N
             acked = {p for p, status in statuses.items() if status == SUCCESS}
             acked_before_kill |= {study.uids[p] for p in acked}
             per_round.append(len(acked))
-            cut_short += len(acked) < len(study.files)
+            if len(acked) < len(study.files):
+                cut_short += 1
+            else:  # the kill came too late: this round tested nothing, do another one
+                missed += 1
+                if missed <= SPARE_ROUNDS:
+                    pending.append(writer.submit(ct_study, tmp_path, len(pending)))
             gateway.start()
             again = study.files if number % 4 == 0 else [p for p in study.files if p not in acked]
             resent = storescu(gateway.dicom_port, again)
@@ -232,14 +243,14 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> N
         result = audit(centre, gateway.gateway_dir, studies, acked_before_kill)
         gateway.stop()
     print(
-        f"\nSIGKILL during ingest: rounds={ROUNDS} kills={ROUNDS} "
-        f"sends cut short by the kill={cut_short} "
+        f"\nSIGKILL during ingest: rounds={number} kills={number} "
+        f"sends cut short by the kill={cut_short} (kills after the send ended: {missed}) "
         f"acknowledged before kill={len(acked_before_kill)} (per round {per_round}) "
         f"re-sent={resent_files} instances={sum(len(s.files) for s in studies)} "
         f"{result.summary()} send time={send_seconds:.2f}s "
         f"rounds={rounds_done - started:.0f}s total={time.monotonic() - started:.0f}s"
     )
-    assert cut_short == ROUNDS, "every kill should land while storescu is sending"
+    assert cut_short == ROUNDS, f"only {cut_short} kills landed while storescu was sending"
     assert result.lost == []
     assert result.duplicates == 0
     assert result.changed == []
