@@ -7,10 +7,12 @@ import hashlib
 import io
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from telerad.viewer_api.rendering.cache import ByteCache, Prefetcher
 from telerad.viewer_api.rendering.pipeline import RenderRequest
@@ -247,16 +249,42 @@ def test_the_cache_stays_within_its_budget_behind_the_routes(shared_api: Api) ->
     series = _store(shared_api, ct_instances(4, size=64))
     saved = renderer.cache.capacity
     renderer.cache.clear()
-    renderer.cache.capacity = 40_000  # a few 64 x 64 frames and images
+    renderer.cache.capacity = 6_000  # a few 64 x 64 rendered images
     try:
         for ds in series:
             for window in ("lung", "bone", "brain"):
                 path = f"{_path(ds)}/rendered?window={window}"
                 response = shared_api.client.get(path, headers=shared_api.headers("admin"))
                 assert response.status_code == 200
-                assert renderer.cache.stats().bytes <= 40_000
+                assert renderer.cache.stats().bytes <= 6_000
         assert renderer.prefetcher.wait_idle(30)
         stats = renderer.cache.stats()
-        assert stats.bytes <= 40_000 and stats.evictions > 0
+        assert stats.bytes <= 6_000 and stats.evictions > 0
     finally:
         renderer.cache.capacity = saved
+
+
+def test_native_frames_are_read_again_and_compressed_ones_kept_decoded(shared_api: Api) -> None:
+    """A native slice costs a byte-range read; holding it decoded would cost the cache more
+    (pipeline module docstring). A compressed frame is worth keeping decoded."""
+    renderer = shared_api.services.renderer
+    native = ct_instances(1, size=32)[0]
+    rle = Path(get_testdata_file("MR_small_RLE.dcm")).read_bytes()
+    stored = _store(shared_api, [native]) + _store(shared_api, [rle])
+
+    for ds in stored:
+        response = shared_api.client.get(
+            _path(ds) + "/rendered", headers=shared_api.headers("admin")
+        )
+        assert response.status_code == 200
+    assert renderer.prefetcher.wait_idle(30)
+
+    def decoded(raw: bytes) -> bool:
+        return ("frame", hashlib.sha256(raw).hexdigest(), 1) in renderer.cache
+
+    assert not decoded(native)
+    assert decoded(rle)
+    request = RenderRequest(
+        "image/jpeg", None, None, shared_api.services.settings.rendering.jpeg_quality
+    )
+    assert _rendered_key(native, 1, request) in renderer.cache
