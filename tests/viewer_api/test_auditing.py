@@ -18,9 +18,10 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 import telerad
-from telerad.storage import AuditEvent, session_factory
+from telerad.storage import Archive, AuditEvent, IngestSource, Study, session_factory
 from telerad.viewer_api import auditing
 from telerad.viewer_api.auditing import AuditWriter, replay_journals
+from tests.factories import ct_datasets, new_uid, part10
 
 
 def _event(number: int) -> dict[str, object]:
@@ -133,6 +134,7 @@ import sys
 from pathlib import Path
 from telerad.storage import create_catalog_engine, session_factory
 from telerad.viewer_api.auditing import AuditWriter, replay_journals
+from tests.factories import ct_datasets, new_uid, part10
 
 url, journal = sys.argv[1], Path(sys.argv[2])
 writer = AuditWriter(session_factory(create_catalog_engine(url), writer=True), journal=journal)
@@ -249,3 +251,34 @@ def test_the_journal_stays_small_under_steady_load(
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def test_a_batch_records_one_row_per_study_with_its_patient(
+    engine: Engine, archive: Archive
+) -> None:
+    """One lookup and one INSERT per batch (storage.record_accesses) must still give each
+    access one row per study, in order, with the patient of each known study."""
+    ds = ct_datasets(1)[0]
+    archive.ingest_instance(part10(ds), IngestSource(site_id=None, issuer="TEST", label="test"))
+    known, unknown = str(ds.StudyInstanceUID), new_uid()
+    writer = AuditWriter(session_factory(engine, writer=True), linger=30.0)
+    writer.record(**{**_event(1), "study_uids": [unknown, known, known]})
+    writer.record(**_event(2))
+    writer.record(**{**_event(3), "study_uids": [known], "outcome": "failure"})
+    writer.flush()
+    writer.close()
+
+    with session_factory(engine)() as session:
+        rows = session.execute(
+            select(
+                AuditEvent.detail, AuditEvent.study_uid, AuditEvent.patient_pk, AuditEvent.outcome
+            ).order_by(AuditEvent.id)
+        ).all()
+        patient = session.scalar(select(Study.patient_pk).where(Study.study_uid == known))
+    assert patient is not None
+    expected_first = sorted([(known, patient), (unknown, None)])
+    assert [(uid, pk) for detail, uid, pk, _ in rows if detail == "1"] == expected_first
+    assert [(d, u, p, o) for d, u, p, o in rows if d != "1"] == [
+        ("2", None, None, "success"),
+        ("3", known, patient, "failure"),
+    ]

@@ -3,7 +3,7 @@
 Public API (other packages import only these names).
 """
 
-from telerad.storage.audit import record_access
+from telerad.storage.audit import record_access, record_accesses
 from telerad.storage.completeness import (
     MAX_MANIFEST_ENTRIES,
     StudyCompleteness,
@@ -151,6 +151,7 @@ __all__ = [
     "read_frame",
     "read_frames",
     "record_access",
+    "record_accesses",
     "search",
     "session_factory",
     "statement_reader",

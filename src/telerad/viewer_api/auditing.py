@@ -50,7 +50,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from telerad.storage import record_access
+from telerad.storage import record_accesses
 
 logger = logging.getLogger(__name__)
 
@@ -324,5 +324,4 @@ class AuditWriter:
 
     def _write(self, events: list[dict[str, Any]]) -> None:
         with self._sessions.begin() as session:
-            for event in events:
-                record_access(session, **event)
+            record_accesses(session, events)
