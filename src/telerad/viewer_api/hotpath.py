@@ -13,7 +13,7 @@ frame requests; the figures are in the README).
 
 :class:`HotPath` is an ASGI middleware, placed inside CORS and the trusted-proxy middleware so
 that both still apply. It recognises exactly those instance-level paths of a ``GET`` and
-answers them in **one** hop to the thread pool, calling the functions the routes call
+answers them in **one** hop to a thread, calling the functions the routes call
 (:func:`telerad.viewer_api.deps.authorize` for the bearer token and scope,
 :func:`…routes.wado.frames_answer`, :func:`…routes.rendered.rendered_answer`); an exception goes
 to the handler the app registered for its class (:mod:`.problems`), so statuses and bodies are
@@ -21,18 +21,26 @@ the routes' own. Anything else (another method, another path) passes through unt
 routes stay: they document the resources in the OpenAPI schema and answer when the hot path is
 switched off (``create_app(…, hot_path=False)``, which the tests use to check that both give
 the same answers).
+
+The hop is asyncio's own (``loop.run_in_executor`` on one process-wide pool of
+:data:`POOL_THREADS`), not Starlette's ``run_in_threadpool``: anyio's capacity limiter, cancel
+scope and task lookups made about a tenth of an API process's GIL time under eight readers
+(py-spy ``--gil`` on ``bench/dicomweb.py``'s 8-client run). Nothing here reads context
+variables, which asyncio's hop does not carry over.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.security.utils import get_authorization_scheme_param
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from telerad.viewer_api.deps import authorize
@@ -50,6 +58,20 @@ _PATH = re.compile(
 
 Handler = Callable[[Request, Exception], Awaitable[Response] | Response]
 
+#: Threads answering hot-path requests, shared by every app of the process.
+POOL_THREADS = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="hot-path")
+    return _pool
+
 
 class HotPath:
     """ASGI middleware answering the per-slice image requests directly (module docstring)."""
@@ -66,7 +88,8 @@ class HotPath:
             return
         request = Request(scope, receive)
         try:
-            response = await run_in_threadpool(_answer, request, match)
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(_executor(), _answer, request, match)
         except Exception as exc:
             handler = _handler_for(scope["app"], exc)
             if handler is None:
