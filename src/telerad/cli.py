@@ -99,7 +99,8 @@ def _loopback_token(session: Any) -> str:
 def _spawn_gateway(
     args: argparse.Namespace, settings: Settings, token: str
 ) -> subprocess.Popen[bytes]:
-    """Run ``telerad gateway`` as a child process forwarding to this centre over loopback.
+    """Run ``telerad gateway`` as a child process forwarding to this centre over loopback and
+    answering query/retrieve look-ups from this centre's database (``gateway.local_catalog``).
 
     The token travels in the child's environment, never on its command line."""
     host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::", "") else settings.http.host  # noqa: S104
@@ -107,6 +108,7 @@ def _spawn_gateway(
     env["TELERAD_DATA_DIR"] = str(settings.data_dir)
     env["TELERAD_GATEWAY__CENTRE_URL"] = f"http://{host}:{settings.http.port}"
     env["TELERAD_GATEWAY__SITE_TOKEN"] = token
+    env["TELERAD_GATEWAY__LOCAL_CATALOG"] = "true"  # same machine, same database
     env["TELERAD_DICOM__PORT"] = str(settings.dicom.port)
     command = [sys.executable, "-m", "telerad.cli"]
     if getattr(args, "config", None):

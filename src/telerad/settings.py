@@ -144,6 +144,11 @@ class GatewaySettings(BaseModel):
         description="keep spooled files this long after the study is "
         "complete at the centre (for re-sends and local query/retrieve)",
     )
+    local_catalog: bool = Field(
+        default=False,
+        description="answer C-FIND/C-MOVE/C-GET look-ups from the centre's database on this "
+        "machine instead of over QIDO-RS (telerad serve sets it for its own gateway)",
+    )
     status_host: str = "127.0.0.1"
     status_port: int = Field(default=8081, ge=0, le=65535, description="0 = no status page")
 

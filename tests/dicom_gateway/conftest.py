@@ -88,10 +88,15 @@ def live_centre(
 
 
 def gateway_settings(
-    directory: Path, *, dicom: dict[str, Any] | None = None, **gateway: Any
+    directory: Path,
+    *,
+    dicom: dict[str, Any] | None = None,
+    database_url: str | None = None,
+    **gateway: Any,
 ) -> Settings:
     """Gateway settings for tests: quick stability and backoff, no status page, one SCP
-    process; ``dicom`` overrides listener settings (timeouts, workers)."""
+    process; ``dicom`` overrides listener settings (timeouts, workers); ``database_url`` is
+    the centre's database, for ``local_catalog=True``."""
     options: dict[str, Any] = {
         "stable_seconds": 1.0, "backoff_seconds": 0.2, "backoff_max_seconds": 2.0,
         "status_port": 0, "min_free_bytes": 0, "request_timeout": 20.0,
@@ -107,6 +112,7 @@ def gateway_settings(
             **(dicom or {}),
         },
         gateway=options,
+        database={"url": database_url},
     )
 
 

@@ -11,6 +11,9 @@ One centre and one gateway per database kind for the whole module, holding:
 
 A dcmtk storescp listens as the site's modality VIEWER (registered at the centre with its host
 and port) for C-MOVE.
+
+Every test runs against a county gateway (look-ups over QIDO-RS) and against a gateway beside
+the centre (``gateway.local_catalog``: look-ups in the centre's database), on each database.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+from sqlalchemy import select
 
 from telerad.dicom_gateway import Gateway
-from telerad.dicom_gateway.qr import handle_find
+from telerad.dicom_gateway.catalog import CatalogSearch, CentreSearch, Requestor
+from telerad.dicom_gateway.centre import CentreClient
+from telerad.dicom_gateway.errors import CentreRefused
+from telerad.dicom_gateway.qr import QueryRetrieve, handle_find
 from telerad.dicom_gateway.retrieve import InstanceRef, InstanceSource
-from telerad.storage import IngestSource, Site
-from telerad.worklist import add_modality, site_by_name
+from telerad.storage import AuditEvent, IngestSource, Site
+from telerad.worklist import add_modality, create_site_token, revoke_site_tokens, site_by_name
 from tests.conftest import DATABASES, catalog_url
 from tests.dicom_gateway.conftest import (
     Centre,
@@ -87,6 +94,7 @@ class World:
     gateway: Gateway
     viewer_port: int
     viewer_dir: Path
+    search: str  # qido (a county gateway) or catalog (a gateway beside the centre)
     studies: dict[str, Study] = field(default_factory=dict)
 
     @property
@@ -128,15 +136,23 @@ def _storescu(port: int, directory: Path, files: list[bytes], *options: str) -> 
     assert result.returncode == 0, result.stderr.decode()
 
 
-@pytest.fixture(scope="module", params=DATABASES)
+SEARCHES = ("qido", "catalog")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(db, mode) for db in DATABASES for mode in SEARCHES],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
+    database, mode = request.param
     directory = tmp_path_factory.mktemp("qr")
     viewer_port = free_port()
     viewer_dir = directory / "viewer"
     viewer_dir.mkdir()
-    with catalog_url(request.param, directory) as url, live_centre(url, directory) as centre:
+    with catalog_url(database, directory) as url, live_centre(url, directory) as centre:
         with centre.services.writer.begin() as session:
             add_modality(session, site_by_name(session, "county1"), "VIEWER", "127.0.0.1",
                          viewer_port)  # fmt: skip
@@ -145,10 +161,13 @@ def world(
              str(viewer_port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        settings = gateway_settings(directory / "gateway")
+        settings = gateway_settings(
+            directory / "gateway", database_url=url, local_catalog=mode == "catalog"
+        )
         try:
             with running_gateway(settings, centre.url, centre.site_token) as gateway:
-                yield _populate(World(centre, gateway, viewer_port, viewer_dir), directory)
+                world = World(centre, gateway, viewer_port, viewer_dir, mode)
+                yield _populate(world, directory)
         finally:
             storescp.terminate()
             storescp.wait(timeout=10)
@@ -367,7 +386,9 @@ def test_find_cancel(world: World) -> None:
         def __init__(self) -> None:
             self.request = request
             self.identifier = _identifier("IMAGE", StudyInstanceUID=b.uid, SOPInstanceUID="")
-            self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="CT1"))
+            self.assoc = SimpleNamespace(
+                requestor=SimpleNamespace(ae_title="CT1", address="127.0.0.1")
+            )
             self.checks = 0
 
         @property
@@ -379,6 +400,65 @@ def test_find_cancel(world: World) -> None:
     assert [status for status, _ in responses] == [0xFF00, 0xFE00]
     uids = {pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True).SOPInstanceUID for f in b.files}
     assert responses[0][1].SOPInstanceUID in uids
+
+
+def test_searches_are_audited_with_the_calling_ae(world: World) -> None:
+    """Every look-up leaves an audit event naming the site's token and the study it showed:
+    at the centre for a QIDO-RS search, in the gateway's batched writer for a catalog search
+    (which also names the DIMSE operation and the calling AE title)."""
+    a = world.studies["A"]
+    assoc = _scu(world, StudyRootQueryRetrieveInformationModelFind)
+    try:
+        identifier = _identifier("STUDY", StudyInstanceUID=a.uid, PatientName="")
+        responses = list(assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind))
+    finally:
+        assoc.release()
+    assert [s.Status for s, _ in responses] == [0xFF00, 0x0000]
+    searcher = world.gateway.query_retrieve.searcher
+    if isinstance(searcher, CatalogSearch):
+        searcher.audit.flush()
+    else:
+        world.centre.services.audit.flush()
+    with world.centre.services.sessions() as session:
+        events = session.execute(
+            select(AuditEvent.actor, AuditEvent.action, AuditEvent.detail, AuditEvent.outcome)
+            .where(AuditEvent.study_uid == a.uid)
+            .order_by(AuditEvent.id.desc())
+        ).all()
+    assert events, "no audit event for the study the C-FIND showed"
+    actor, action, detail, outcome = events[0]
+    assert actor == "site:county1" and outcome == "success"
+    if world.search == "catalog":
+        assert action == "c-find-study"
+        assert detail.startswith("calling AE CT1:") and a.uid in detail
+    else:
+        assert action == "qido-study"
+
+
+def test_a_revoked_site_token_gets_no_answers(world: World) -> None:
+    """Revoking the gateway's token at the centre stops its look-ups at once, whichever way
+    it searches (0xC002 for a C-FIND): the centre refuses the token, or the catalog search,
+    which checks it on every search, does."""
+    with world.centre.services.writer.begin() as session:
+        token = create_site_token(session, "county1", "revoked-soon")
+    settings = world.gateway.settings
+    searcher = (
+        CatalogSearch(settings, token, world.centre.url)
+        if world.search == "catalog"
+        else CentreSearch(CentreClient(world.centre.url, token, timeout=10, connections=1))
+    )
+    qr = QueryRetrieve(searcher, world.gateway.query_retrieve.source, lambda _: None, "GATEWAY")
+    identifier = _identifier("STUDY", StudyInstanceUID=world.studies["A"].uid)
+    requestor = Requestor("C-FIND", "CT1", "127.0.0.1")
+    try:
+        answer = qr.find(identifier, StudyRootQueryRetrieveInformationModelFind, requestor)
+        assert answer.count == 1
+        with world.centre.services.writer.begin() as session:
+            assert revoke_site_tokens(session, "county1", name="revoked-soon") == 1
+        with pytest.raises(CentreRefused):
+            qr.find(identifier, StudyRootQueryRetrieveInformationModelFind, requestor)
+    finally:
+        searcher.close()
 
 
 # -- C-MOVE -----------------------------------------------------------------------------------

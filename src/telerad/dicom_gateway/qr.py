@@ -1,9 +1,11 @@
 """Query/Retrieve SCP (PS3.4 Annex C): C-FIND, C-MOVE and C-GET, Patient Root and Study Root.
 
-The gateway answers from the centre, never from a catalog of its own (DESIGN.md): a C-FIND is
-one QIDO-RS search with the site token (:mod:`telerad.dicom_gateway.find`), so the centre's
-matcher and site scope apply; C-MOVE and C-GET find the instances the same way and send each
-one as stored, from the spool or from the centre (:mod:`telerad.dicom_gateway.retrieve`).
+The gateway keeps no catalog of its own (DESIGN.md): a C-FIND is one QIDO-RS search with the
+site token (:mod:`telerad.dicom_gateway.find`), so the centre's matcher and site scope apply;
+C-MOVE and C-GET find the instances the same way and send each one as stored, from the spool
+or from the centre (:mod:`telerad.dicom_gateway.retrieve`). A gateway beside the centre runs
+that same search on the centre's database instead of over HTTP
+(:mod:`telerad.dicom_gateway.catalog`).
 
 Handlers are thin generators in pynetdicom's style (``doc_handle_find/_move/_get``): they
 call :class:`QueryRetrieve` and map exceptions to statuses through :data:`QR_STATUS`.
@@ -28,6 +30,7 @@ from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from telerad.dicom_gateway.catalog import CatalogSearch, CentreSearch, Requestor, Searcher
 from telerad.dicom_gateway.centre import CentreClient
 from telerad.dicom_gateway.errors import (
     CentreRefused,
@@ -112,30 +115,30 @@ class QueryRetrieve:
 
     def __init__(
         self,
-        client: CentreClient,
+        searcher: Searcher,
         source: InstanceSource,
         addresses: Callable[[str], Address | None],
         ae_title: str,
     ) -> None:
-        self.client = client
+        self.searcher = searcher
         self.source = source
         self.addresses = addresses
         self.ae_title = ae_title
 
-    def find(self, identifier: Dataset, sop_class_uid: str) -> FindAnswer:
-        """Search the centre for a C-FIND identifier (PS3.4 C.4.1.3.1).
+    def find(self, identifier: Dataset, sop_class_uid: str, requestor: Requestor) -> FindAnswer:
+        """Search the site's studies for a C-FIND identifier (PS3.4 C.4.1.3.1).
 
         Raises
         ------
         InvalidIdentifier, QueryRejected, CentreUnavailable, CentreRefused
         """
         request = find_request(identifier, model_for(sop_class_uid))
-        answer = self.client.search(request.resource, request.params)
+        answer = self.searcher.search(request.resource, request.params, requestor)
         pending = PENDING_WARNING if (answer.ignored or request.unsupported) else PENDING
         identifiers = response_identifiers(request, answer.matches, self.ae_title)
         return FindAnswer(identifiers, pending, len(answer.matches))
 
-    def retrieval(self, identifier: Dataset, sop_class_uid: str) -> Retrieval:
+    def retrieval(self, identifier: Dataset, sop_class_uid: str, requestor: Requestor) -> Retrieval:
         """The instances matching a C-MOVE/C-GET identifier (PS3.4 C.4.2.2.1, C.4.3.2.1).
 
         Raises
@@ -143,7 +146,7 @@ class QueryRetrieve:
         InvalidIdentifier, QueryRejected, CentreUnavailable, CentreRefused
         """
         request: FindRequest = retrieve_request(identifier, model_for(sop_class_uid))
-        answer = self.client.search(request.resource, request.params)
+        answer = self.searcher.search(request.resource, request.params, requestor)
         refs, copies = self.source.annotate([InstanceRef.from_json(m) for m in answer.matches])
         return Retrieval(refs, copies)
 
@@ -157,6 +160,11 @@ class QueryRetrieve:
             logger.warning("cannot fetch %s for a retrieve: %s", ref.sop_instance_uid, exc)
             return unsendable(ref)
 
+    def close(self) -> None:
+        """Release the search's and the instance source's connections."""
+        self.searcher.close()
+        self.source.client.close()
+
 
 def build_query_retrieve(
     settings: Settings,
@@ -167,11 +175,17 @@ def build_query_retrieve(
     site_token: str,
 ) -> QueryRetrieve:
     """The Q/R service with its own keep-alive client, so that queries never wait behind the
-    forwarder's large STOW-RS requests."""
+    forwarder's large STOW-RS requests; searching the centre's catalog itself when
+    ``gateway.local_catalog`` (:mod:`telerad.dicom_gateway.catalog`)."""
     client = CentreClient(centre_url, site_token, timeout=settings.gateway.request_timeout,
                           connections=4)  # fmt: skip
     source = InstanceSource(outbox, spool, client)
-    return QueryRetrieve(client, source, addresses, settings.dicom.ae_title)
+    searcher: Searcher = (
+        CatalogSearch(settings, site_token, centre_url)
+        if settings.gateway.local_catalog
+        else CentreSearch(client)
+    )
+    return QueryRetrieve(searcher, source, addresses, settings.dicom.ae_title)
 
 
 def handle_find(event: evt.Event, qr: QueryRetrieve) -> Iterator[tuple[int | Dataset, Any]]:
@@ -186,7 +200,7 @@ def handle_find(event: evt.Event, qr: QueryRetrieve) -> Iterator[tuple[int | Dat
     request = cast(C_FIND, event.request)
     calling_ae = event.assoc.requestor.ae_title
     try:
-        answer = qr.find(event.identifier, str(request.AffectedSOPClassUID))
+        answer = qr.find(event.identifier, str(request.AffectedSOPClassUID), _requestor(event))
     except Exception as exc:
         yield failure(exc, "C-FIND", calling_ae), None
         return
@@ -214,7 +228,8 @@ def handle_move(event: evt.Event, qr: QueryRetrieve) -> Iterator[Any]:
         yield None, None
         return
     try:
-        retrieval = qr.retrieval(event.identifier, str(request.AffectedSOPClassUID))
+        retrieval = qr.retrieval(event.identifier, str(request.AffectedSOPClassUID),
+                                 _requestor(event))  # fmt: skip
     except Exception as exc:
         yield (*address, {"contexts": [build_context(Verification)]})  # see the module doc
         yield 1
@@ -242,13 +257,19 @@ def handle_get(event: evt.Event, qr: QueryRetrieve) -> Iterator[Any]:
     """
     request = cast(C_GET, event.request)
     try:
-        retrieval = qr.retrieval(event.identifier, str(request.AffectedSOPClassUID))
+        retrieval = qr.retrieval(event.identifier, str(request.AffectedSOPClassUID),
+                                 _requestor(event))  # fmt: skip
     except Exception as exc:
         yield 1
         yield failure(exc, "C-GET", event.assoc.requestor.ae_title), None
         return
     yield len(retrieval.refs)
     yield from _sub_operations(event, qr, retrieval, event.assoc.accepted_contexts)
+
+
+def _requestor(event: evt.Event) -> Requestor:
+    operation = type(event.request).__name__.replace("_", "-")  # C-FIND, C-MOVE, C-GET
+    return Requestor(operation, event.assoc.requestor.ae_title, event.assoc.requestor.address)
 
 
 def nodelay(event: evt.Event) -> None:

@@ -127,7 +127,7 @@ class Gateway:
         self.completeness.stop()
         self.committer.stop()
         self.client.close()
-        self.query_retrieve.client.close()
+        self.query_retrieve.close()
         self.outbox.close()
 
     @property

@@ -72,6 +72,8 @@ def _worker_settings(settings: Settings) -> dict[str, Any]:
         "data_dir": str(settings.data_dir),
         "dicom": settings.dicom.model_dump(mode="json"),
         "gateway": settings.gateway.model_dump(mode="json", exclude={"site_token"}),
+        # The centre's database, which a gateway beside it searches (gateway.local_catalog).
+        "database": settings.database.model_dump(mode="json"),
     }
 
 
@@ -102,7 +104,7 @@ def run_worker(options: dict[str, Any], index: int, centre: tuple[str, str] | No
     server.shutdown()
     committer.stop()
     if qr is not None:
-        qr.client.close()
+        qr.close()
     outbox.close()
     sys.exit(0)
 

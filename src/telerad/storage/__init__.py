@@ -4,6 +4,7 @@ Public API (other packages import only these names).
 """
 
 from telerad.storage.audit import record_access, record_accesses
+from telerad.storage.auditing import AuditWriter
 from telerad.storage.completeness import (
     MAX_MANIFEST_ENTRIES,
     StudyCompleteness,
@@ -85,6 +86,7 @@ __all__ = [
     "MAX_MANIFEST_ENTRIES",
     "Archive",
     "AuditEvent",
+    "AuditWriter",
     "Base",
     "ConsultationMessage",
     "FrameNotFound",

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from telerad.settings import Settings
 from telerad.storage import (
     Archive,
+    AuditWriter,
     ObjectStore,
     create_catalog_engine,
     migrate,
@@ -18,7 +19,6 @@ from telerad.storage import (
     session_factory,
     statement_reader,
 )
-from telerad.viewer_api.auditing import AuditWriter
 from telerad.viewer_api.rendering.pipeline import Renderer
 
 

@@ -22,7 +22,7 @@ Without ``window`` the file's first Window Center/Width (with its VOI LUT Functi
 the frame's full range. Responses carry a strong ``ETag`` (instance content hash and every
 parameter; ``If-None-Match`` gives 304), ``Cache-Control: private, max-age=…``, ``Vary: Accept``
 and ``Cross-Origin-Resource-Policy: cross-origin``. Each answer (200 or 304) is audited through
-the app's :class:`~telerad.viewer_api.auditing.AuditWriter` (batched, so a scroll through a
+the app's :class:`~telerad.storage.auditing.AuditWriter` (batched, so a scroll through a
 series does not cost one database commit per slice).
 
 ===== ===========================================================================

@@ -102,7 +102,7 @@ class Caller:
 
     def record(self, action: str, request: Request, study: str, detail: str = "") -> None:
         """Append the access to the audit log (through the app's batched
-        :class:`~telerad.viewer_api.auditing.AuditWriter`: no commit on the request's path)."""
+        :class:`~telerad.storage.auditing.AuditWriter`: no commit on the request's path)."""
         self.services.audit.record(
             actor=self.principal.name,
             actor_role=self.principal.role,

@@ -18,9 +18,8 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 import telerad
-from telerad.storage import Archive, AuditEvent, IngestSource, Study, session_factory
-from telerad.viewer_api import auditing
-from telerad.viewer_api.auditing import AuditWriter, replay_journals
+from telerad.storage import Archive, AuditEvent, IngestSource, Study, auditing, session_factory
+from telerad.storage.auditing import AuditWriter, replay_journals
 from tests.factories import ct_datasets, new_uid, part10
 
 
@@ -133,7 +132,7 @@ CHILD = """
 import sys
 from pathlib import Path
 from telerad.storage import create_catalog_engine, session_factory
-from telerad.viewer_api.auditing import AuditWriter, replay_journals
+from telerad.storage.auditing import AuditWriter, replay_journals
 from tests.factories import ct_datasets, new_uid, part10
 
 url, journal = sys.argv[1], Path(sys.argv[2])

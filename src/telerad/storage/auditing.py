@@ -1,5 +1,9 @@
 """A background writer of audit events for every read of patient data (QIDO-RS searches,
-WADO-RS metadata, instances, frames and bulk data, rendered images and thumbnails).
+WADO-RS metadata, instances, frames and bulk data, rendered images and thumbnails, and the
+C-FIND, C-MOVE and C-GET look-ups of a gateway running beside the centre).
+
+It lives in ``storage`` so that both the API processes and those gateway processes use it;
+it only appends to the audit log (:func:`telerad.storage.record_accesses`).
 
 A viewer scrolling a 500-slice series makes hundreds of requests a minute; committing one
 audit row per request (with SQLite's FULL sync, an fsync each) would cost more than serving
@@ -50,7 +54,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from telerad.storage import record_accesses
+from telerad.storage.audit import record_accesses
 
 logger = logging.getLogger(__name__)
 
