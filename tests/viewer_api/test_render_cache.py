@@ -211,6 +211,9 @@ def test_rendering_a_slice_prefetches_its_neighbours(shared_api: Api) -> None:
         headers={**shared_api.headers("rad1"), "Accept": "image/png"},
     )
     assert renderer.cache.stats().hits > hits  # the scroll found its slice ready
+    # The listing is cached now: the neighbours are chosen in the request itself.
+    assert renderer.prefetcher.wait_idle(30)
+    assert keys[4 + reach] in renderer.cache
 
 
 def test_frames_of_a_multiframe_instance_are_prefetched(shared_api: Api) -> None:

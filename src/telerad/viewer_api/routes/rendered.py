@@ -387,10 +387,23 @@ def _prefetch(
         targets = [(instance, i + 1) for i in neighbours(count, current, reach)]
         renderer.prefetch(targets, render)
         return
+    listing = _cached_listing(renderer, scope, instance)
+    if listing is not None:  # the usual case while scrolling: a few lookups, no thread hop
+        _prefetch_neighbours(renderer, listing, instance, reach, render)
+        return
     key = ("series-neighbours", instance.sop_instance_uid, render)
     renderer.prefetcher.submit(
         key, lambda: _prefetch_series(services, scope, renderer, instance, reach, render)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """A series in reading order, with each instance's place in it."""
+
+    fetched: float  # time.monotonic()
+    instances: list[StoredInstance]
+    index: dict[str, int]
 
 
 def _prefetch_series(
@@ -401,27 +414,42 @@ def _prefetch_series(
     reach: int,
     render: RenderRequest,
 ) -> None:
+    """The prefetch job when the series listing must be read first."""
     listing = _series_listing(services, scope, renderer, instance)
-    uids = [i.sop_instance_uid for i in listing]
-    if instance.sop_instance_uid not in uids:
+    _prefetch_neighbours(renderer, listing, instance, reach, render)
+
+
+def _prefetch_neighbours(
+    renderer: Renderer, listing: _Listing, instance: StoredInstance, reach: int,
+    render: RenderRequest,
+) -> None:  # fmt: skip
+    index = listing.index.get(instance.sop_instance_uid)
+    if index is None:
         return
-    index = uids.index(instance.sop_instance_uid)
-    renderer.prefetch([(listing[i], 1) for i in neighbours(len(listing), index, reach)], render)
+    chosen = neighbours(len(listing.instances), index, reach)
+    renderer.prefetch([(listing.instances[i], 1) for i in chosen], render)
+
+
+def _cached_listing(renderer: Renderer, scope: Scope, instance: StoredInstance) -> _Listing | None:
+    """The series listing if one younger than :data:`LISTING_TTL` is cached."""
+    cached = renderer.cache.get(("listing", instance.study_uid, instance.series_uid, scope))
+    if cached is not None and time.monotonic() - cached.fetched < LISTING_TTL:
+        return cached  # type: ignore[no-any-return]
+    return None
 
 
 def _series_listing(
     services: Services, scope: Scope, renderer: Renderer, instance: StoredInstance
-) -> list[StoredInstance]:
+) -> _Listing:
     """The series in reading order, reused for :data:`LISTING_TTL` seconds (prefetch only:
     responses are always authorized against the catalog)."""
-    key = ("listing", instance.study_uid, instance.series_uid, scope)
-    cached = renderer.cache.get(key)
-    now = time.monotonic()
-    if cached is not None and now - cached[0] < LISTING_TTL:
-        listing: list[StoredInstance] = cached[1]
+    listing = _cached_listing(renderer, scope, instance)
+    if listing is not None:
         return listing
     with services.reader() as connection:
-        listing = find_instances(connection, scope, instance.study_uid, instance.series_uid)
-    size = sum(len(i.metadata_json) + 512 for i in listing)
-    renderer.cache.put(key, (now, listing), size)
+        found = find_instances(connection, scope, instance.study_uid, instance.series_uid)
+    index = {item.sop_instance_uid: place for place, item in enumerate(found)}
+    listing = _Listing(time.monotonic(), found, index)
+    size = sum(len(i.metadata_json) + 512 for i in found)
+    renderer.cache.put(("listing", instance.study_uid, instance.series_uid, scope), listing, size)
     return listing
