@@ -12,6 +12,7 @@ from telerad.storage.completeness import (
     submit_manifest,
 )
 from telerad.storage.database import (
+    DirectLookup,
     Reader,
     create_catalog_engine,
     migrate,
@@ -89,6 +90,7 @@ __all__ = [
     "AuditWriter",
     "Base",
     "ConsultationMessage",
+    "DirectLookup",
     "FrameNotFound",
     "IngestError",
     "IngestResult",

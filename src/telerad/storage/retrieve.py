@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from telerad.storage.database import Reader
+from telerad.storage.database import DirectLookup, Reader
 from telerad.storage.errors import FrameNotFound, NotFound
 from telerad.storage.keys import is_valid_uid
 from telerad.storage.models import Instance, Series, Study
@@ -77,8 +77,8 @@ def find_instances(
     uids = [u for u in (study_uid, series_uid, sop_instance_uid) if u is not None]
     if not all(is_valid_uid(u) for u in uids):
         raise NotFound("no such resource")
-    statement = _instances_statement(series_uid is not None, sop_instance_uid is not None)
-    rows = session.execute(statement, _uid_parameters(study_uid, series_uid, sop_instance_uid))
+    lookup = _instances_lookup(series_uid is not None, sop_instance_uid is not None)
+    rows = lookup.all(session, _uid_parameters(study_uid, series_uid, sop_instance_uid))
     found = [_stored(row) for row in rows]
     if not found or not scope.allows(found[0].site_id, study_uid):
         raise NotFound("no such resource")
@@ -113,6 +113,12 @@ def find_metadata(
 # The statements are built once per shape with bound parameters: building a SQLAlchemy
 # statement and its cache key costs more than running the query (a frame or rendered request
 # makes one of these).
+
+
+@lru_cache(maxsize=4)
+def _instances_lookup(by_series: bool, by_instance: bool) -> DirectLookup:
+    """The instance lookup of every image request, on the DBAPI cursor (:class:`DirectLookup`)."""
+    return DirectLookup(_instances_statement(by_series, by_instance))
 
 
 @lru_cache(maxsize=4)

@@ -25,7 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from telerad.storage import Modality, Reader, ReaderSite, Site, SiteToken, User
+from telerad.storage import DirectLookup, Modality, Reader, ReaderSite, Site, SiteToken, User
 
 _HASHER = PasswordHasher()
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -172,11 +172,17 @@ def principal_for_user(session: Session, user: User) -> Principal:
 def active_principal(session: Reader, username: str) -> Principal | None:
     """The principal of the active user ``username`` with the sites he reads for, in one
     query (every authenticated request makes it); None if unknown or deactivated."""
-    rows = session.execute(_principal_statement(), {"username": username}).all()
+    rows = _principal_lookup().all(session, {"username": username})
     if not rows:
         return None
     reading = frozenset(row.reads for row in rows if row.reads is not None)
     return Principal(username, rows[0].role, rows[0].site_id, reading)
+
+
+@lru_cache(maxsize=1)
+def _principal_lookup() -> DirectLookup:
+    """Run on the DBAPI cursor (:class:`telerad.storage.DirectLookup`): every request makes it."""
+    return DirectLookup(_principal_statement())
 
 
 @lru_cache(maxsize=1)
