@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import copy
 import queue
+import socket
 import threading
 import time
 
 import pytest
-from pynetdicom import association
+from pynetdicom import association, transport
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
 from telerad.dicom_gateway import reactor
 from telerad.dicom_gateway.reactor import (
     CheapCopyContexts,
+    install_bulk_recv,
     install_responsive_reactor,
 )
 from telerad.dicom_gateway.scp import CallingAePolicy, build_ae
@@ -146,3 +148,48 @@ def test_other_sleeps_in_a_dul_thread_are_plain_sleeps(monkeypatch: pytest.Monke
     monkeypatch.setattr(reactor.time, "sleep", slept.append)
     reactor._DulClock.sleep(0.25)
     assert slept == [0.25]
+
+
+def _pdu_reader(sock: socket.socket) -> transport.AssociationSocket:
+    """pynetdicom's association socket over ``sock`` (what the DUL reads PDUs through)."""
+    reader = transport.AssociationSocket.__new__(transport.AssociationSocket)
+    reader.socket = sock
+    return reader
+
+
+def test_bulk_recv_reads_a_pdu_sent_in_pieces_whole_and_is_installed_once() -> None:
+    install_bulk_recv()
+    install_bulk_recv()
+    assert transport.AssociationSocket.recv is reactor._recv_whole
+    ours, peer = socket.socketpair()
+    payload = bytes(range(256)) * 1024  # 256 KiB, more than a socket buffer takes at once
+    sender = threading.Thread(
+        target=lambda: [
+            (peer.sendall(payload[i : i + 70_001]), time.sleep(0.002))
+            for i in range(0, len(payload), 70_001)
+        ]
+    )
+    try:
+        ours.settimeout(10)
+        sender.start()
+        assert bytes(_pdu_reader(ours).recv(6)) == payload[:6]
+        rest = _pdu_reader(ours).recv(len(payload) - 6)
+        assert isinstance(rest, bytearray) and bytes(rest) == payload[6:]
+    finally:
+        sender.join()
+        ours.close()
+        peer.close()
+
+
+def test_bulk_recv_returns_what_came_before_the_peer_closed_and_times_out_as_before() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        ours.settimeout(0.2)
+        with pytest.raises(TimeoutError):  # nothing sent: socket.recv's own exception
+            _pdu_reader(ours).recv(10)
+        peer.sendall(b"abc")
+        peer.close()
+        assert _pdu_reader(ours).recv(10) == bytearray(b"abc")
+        assert _pdu_reader(ours).recv(10) == bytearray()
+    finally:
+        ours.close()

@@ -66,6 +66,7 @@ from telerad.dicom_gateway.outbox import ROUTINE, URGENT
 from telerad.dicom_gateway.qr import QueryRetrieve, handle_find, handle_get, handle_move
 from telerad.dicom_gateway.reactor import (
     CheapCopyContexts,
+    install_bulk_recv,
     install_responsive_dul,
     install_responsive_reactor,
 )
@@ -245,6 +246,7 @@ class FastAssociationServer(ThreadedAssociationServer):
         self.contexts = CheapCopyContexts(self.contexts)
         install_responsive_reactor()
         install_responsive_dul()
+        install_bulk_recv()
 
     def server_bind(self) -> None:
         assert self.socket is not None
