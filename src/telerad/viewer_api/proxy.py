@@ -31,6 +31,7 @@ class ForwardedHeadersMiddleware:
         self.app = app
         self.trust_all = "*" in trusted
         self.networks = [ipaddress.ip_network(t, strict=False) for t in trusted if t != "*"]
+        self._verdicts: dict[str, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and self._trusted(scope.get("client")):
@@ -42,18 +43,37 @@ class ForwardedHeadersMiddleware:
             return False
         if self.trust_all:
             return True
+        known = self._verdicts.get(client[0])
+        if known is None:
+            known = self._verdicts[client[0]] = self._trusted_address(client[0])
+            if len(self._verdicts) > _MAX_VERDICTS:  # bounded: addresses are the peers'
+                self._verdicts.clear()
+        return known
+
+    def _trusted_address(self, host: str) -> bool:
         try:
-            address = ipaddress.ip_address(client[0])
+            address = ipaddress.ip_address(host)
         except ValueError:
             return False
         return any(address in network for network in self.networks)
+
+
+#: Peer addresses whose trust is remembered (every request asks; parsing costs more).
+_MAX_VERDICTS = 4096
+#: The only request headers :func:`_forwarded` reads.
+_FORWARDING_HEADERS = frozenset(
+    {b"forwarded", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"}
+)
 
 
 def _forwarded(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """proto/host/for from the first hop of ``Forwarded``, else from the X-Forwarded-*."""
     headers: dict[str, str] = {}
     for raw_name, raw_value in raw_headers:
-        key = raw_name.decode("latin-1").lower()
+        name = raw_name.lower()
+        if name not in _FORWARDING_HEADERS:
+            continue
+        key = name.decode("latin-1")
         if key not in headers:
             headers[key] = raw_value.decode("latin-1")
     if "forwarded" in headers:

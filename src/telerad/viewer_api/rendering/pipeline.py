@@ -314,6 +314,7 @@ def _description(text: str, transfer_syntax_uid: str) -> PixelDescription:
     return PixelDescription.from_metadata(_parsed(text), transfer_syntax_uid)
 
 
+@lru_cache(maxsize=512)
 def _viewable(description: PixelDescription) -> bool:
     """Whether a frame is native 8/16-bit single-sample data, used as an array view."""
     return (
