@@ -409,11 +409,13 @@ def test_searches_are_audited_with_the_calling_ae(world: World) -> None:
     a = world.studies["A"]
     assoc = _scu(world, StudyRootQueryRetrieveInformationModelFind)
     try:
-        identifier = _identifier("STUDY", StudyInstanceUID=a.uid, PatientName="")
+        identifier = _identifier("STUDY", StudyInstanceUID=a.uid, PatientName="", RetrieveURL="")
         responses = list(assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind))
     finally:
         assoc.release()
     assert [s.Status for s, _ in responses] == [0xFF00, 0x0000]
+    # Either way the RetrieveURL is the centre's WADO-RS address of the study.
+    assert responses[0][1].RetrieveURL == f"{world.centre.url}/dicomweb/studies/{a.uid}"
     searcher = world.gateway.query_retrieve.searcher
     if isinstance(searcher, CatalogSearch):
         searcher.audit.flush()

@@ -13,7 +13,8 @@ site of the gateway's token, checked on every search, so a revoked token stops a
 once), and an audit event per search, appended by the batched
 :class:`~telerad.storage.AuditWriter` as the centre's API does. It skips an HTTP round trip,
 authentication and JSON decoding per query: a study-level C-FIND took 7.6 ms with the
-round trip and about 3 ms without it (``bench/cfind.py``, one association).
+round trip and 6.2 to 6.5 ms without it (``bench/cfind.py``, one association; the rest is
+pynetdicom's exchange).
 
 Design note: DESIGN.md forbids the gateway to *write to the central catalog*, so that every
 instance enters through the centre's one ingest path. Reading it, and appending to its audit
@@ -23,7 +24,6 @@ machine and one database.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,8 +46,6 @@ from telerad.storage import (
     statement_reader,
 )
 from telerad.worklist import authenticate_site_token
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["CatalogSearch", "CentreSearch", "Requestor", "Searcher"]
 

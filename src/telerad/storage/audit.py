@@ -82,7 +82,7 @@ def record_accesses(session: Session, accesses: Sequence[Mapping[str, Any]]) -> 
     return len(rows)
 
 
-#: Study UIDs per patient lookup (SQLite's default limit on bound parameters is far above).
+#: Study UIDs per patient lookup: well below any database's limit on bound parameters.
 _LOOKUP_CHUNK = 500
 #: Built once (a statement costs more to build than to run here).
 _PATIENTS_OF_STUDIES = select(Study.study_uid, Study.patient_pk).where(

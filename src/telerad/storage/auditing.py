@@ -20,8 +20,9 @@ A process killed outright must not take the queued events with it, so each event
 appended to the process's **journal** (:class:`AuditJournal`, a JSON-lines file under
 ``<data_dir>/audit-journal``) before it is queued: one ``write`` to the page cache, no fsync.
 After each committed batch the writer appends a checkpoint ("every event up to number N is in
-the database"). A journal is locked (``flock``) by its process while it lives; any API process
-that starts later replays the events after the last checkpoint of every unlocked journal, with
+the database"). A journal is locked (``flock``) by its process while it lives; any process
+with an audit writer (an API process, or the gateway beside the centre) that starts later
+replays the events after the last checkpoint of every unlocked journal, with
 their original times, then deletes it. The journal is truncated when everything in it is
 committed and it has grown past :data:`ROTATE_BYTES`, or replaced by a new one under steady
 load (the old one is deleted once its events are committed).

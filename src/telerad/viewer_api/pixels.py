@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -95,9 +96,10 @@ class PixelDescription:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise NotAnImage(f"incomplete Image Pixel module: {exc}") from exc
 
-    @property
+    @cached_property
     def is_native(self) -> bool:
-        """Whether frames are stored uncompressed (PS3.5 §8.1.1)."""
+        """Whether frames are stored uncompressed (PS3.5 §8.1.1); computed once per description
+        (it is asked on every rendered request)."""
         uid = UID(self.transfer_syntax_uid)
         return uid.is_transfer_syntax and not uid.is_encapsulated
 

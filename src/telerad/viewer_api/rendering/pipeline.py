@@ -136,32 +136,26 @@ class Renderer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        array = self._decode(instance, frame)
+        array, native_view = self._decode(instance, frame)
         array.flags.writeable = False
-        if not self._cheap_to_read(instance):
+        if not native_view:  # a native view is cheaper to read again (the module docstring)
             self.cache.put(key, array, array.nbytes)
         return array
 
-    def _cheap_to_read(self, instance: StoredInstance) -> bool:
-        """True for native monochrome frames read by byte range (the module docstring)."""
-        description = self.description(instance)
-        return (
-            instance.frame_ranges is not None
-            and description.photometric_interpretation != "PALETTE COLOR"
-            and _viewable(description)
-        )
-
-    def _decode(self, instance: StoredInstance, frame: int) -> npt.NDArray[Any]:
+    def _decode(self, instance: StoredInstance, frame: int) -> tuple[npt.NDArray[Any], bool]:
+        """The frame's pixels, and whether they are a view of its bytes read by byte range."""
         description = self.description(instance)
         if not 1 <= frame <= self.frame_count(instance):
             raise FrameNotFound(f"frame {frame} is not in this instance")
         palette = description.photometric_interpretation == "PALETTE COLOR"
         try:
             if instance.frame_ranges is None or palette:
-                return self._decode_whole(instance, frame, palette)
+                return self._decode_whole(instance, frame, palette), False
             data = read_frame(self.objects, instance, frame)
             native = _native_monochrome(data, description)
-            return native if native is not None else decode_frame(data, description)
+            if native is not None:
+                return native, True
+            return decode_frame(data, description), False
         except CorruptFrame as exc:
             raise CorruptFrame(f"frame {frame} cannot be decoded: {exc}") from exc
 
@@ -314,19 +308,11 @@ def _description(text: str, transfer_syntax_uid: str) -> PixelDescription:
     return PixelDescription.from_metadata(_parsed(text), transfer_syntax_uid)
 
 
-@lru_cache(maxsize=512)
-def _viewable(description: PixelDescription) -> bool:
-    """Whether a frame is native 8/16-bit single-sample data, used as an array view."""
-    return (
-        description.samples_per_pixel == 1
-        and description.bits_allocated in (8, 16)
-        and description.is_native
-    )
-
-
 def _native_monochrome(data: bytes, description: PixelDescription) -> npt.NDArray[Any] | None:
     """A native 8/16-bit single-sample frame as an array view of ``data``, else None."""
-    if not _viewable(description):
+    if not description.is_native or description.samples_per_pixel != 1:
+        return None
+    if description.bits_allocated not in (8, 16):
         return None
     size = description.rows * description.columns
     itemsize = description.bits_allocated // 8
