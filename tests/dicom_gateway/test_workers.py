@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
 from telerad.demo import write_ct_study
+from telerad.dicom_gateway.workers import SiteFile
 from tests.dcmtk import dcmtk
 from tests.dicom_gateway.conftest import free_port, gateway_settings, running_gateway
 
@@ -42,3 +45,20 @@ def test_two_scp_processes_share_the_port(tmp_path: Path) -> None:
     assert len(items) == 40
     assert len({i.sop_instance_uid for i in items}) == 40
     assert all(not w.is_alive() for w in workers)
+
+
+def test_a_worker_judges_each_association_by_the_current_site_file(tmp_path: Path) -> None:
+    """The main gateway writes ``site.json`` when it learns the site's modalities (at start,
+    the centre may not answer yet). A worker re-reads it as each association is judged, not
+    only every two seconds, so a modality just learnt of is not refused by one worker."""
+    path = tmp_path / "site.json"
+    site = SiteFile(path, gateway_settings(tmp_path / "gw"))
+    assert site.policy.as_required_list() == [""]  # no file yet: nobody
+
+    path.write_text(json.dumps({"modalities": [{"ae_title": "CT9"}], "accept_any_ae": False}))
+    assert site.policy.as_required_list() == ["CT9"]
+
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))
+    path.write_text(json.dumps({"modalities": [], "accept_any_ae": True}))  # development mode
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 2_000_000_000))
+    assert site.policy.as_required_list() == []  # any calling AE

@@ -200,10 +200,20 @@ def handle_commitment(event: evt.Event, committer: Committer) -> tuple[int, Data
 class CallingAePolicy:
     """Which calling AE titles may associate: the site's modalities, or any in development."""
 
-    def __init__(self, ae_titles: set[str] | None = None, *, accept_any: bool = False) -> None:
+    def __init__(
+        self,
+        ae_titles: set[str] | None = None,
+        *,
+        accept_any: bool = False,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._titles = frozenset(ae_titles or ())
         self.accept_any = accept_any
+        #: Called before each association is judged: an SCP worker process re-reads the site
+        #: file there (a ``stat`` when unchanged), so a modality the gateway has just learnt
+        #: of is never refused by a worker that has not looked yet.
+        self._refresh = refresh
 
     def update(self, ae_titles: set[str], *, accept_any: bool | None = None) -> None:
         """Replace the allowed titles (and the development flag, if given)."""
@@ -215,6 +225,8 @@ class CallingAePolicy:
     def as_required_list(self) -> list[str]:
         """pynetdicom's ``require_calling_aet``: ``[]`` accepts any, so an empty site gets
         ``[""]``, a title no peer can send (AE titles are never blank, PS3.5 Table 6.2-1)."""
+        if self._refresh is not None:
+            self._refresh()
         if self.accept_any:
             return []
         with self._lock:

@@ -115,7 +115,9 @@ class SiteFile:
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.settings = settings
-        self.policy = CallingAePolicy(accept_any=settings.gateway.accept_any_ae)
+        self.policy = CallingAePolicy(
+            accept_any=settings.gateway.accept_any_ae, refresh=self.reload
+        )
         self.site = SiteConfig(tuple(settings.gateway.modalities), settings.gateway.accept_any_ae)
         self._mtime = -1.0
         self.reload()
