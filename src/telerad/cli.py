@@ -137,10 +137,11 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Run a county gateway: DICOM SCP, spool, forwarder, manifests, status page."""
     from telerad.dicom_gateway import Gateway, StatusServer, create_status_app
+    from telerad.dicom_gateway.scp import quiet_pynetdicom
     from telerad.viewer_api.services import quiet_patient_data_loggers
 
     quiet_patient_data_loggers()
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # INFO is a line per message
+    quiet_pynetdicom()
     settings = _settings(args)
     config = settings.gateway
     if not config.centre_url or config.site_token is None:

@@ -126,6 +126,15 @@ class GatewaySettings(BaseModel):
     stable_seconds: float = Field(default=30.0, gt=0, description="quiet time before a manifest")
     batch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     parallel: int = Field(default=3, ge=1, le=32, description="STOW requests in flight")
+    yield_seconds: float = Field(
+        default=0.3,
+        ge=0,
+        description="while modalities are sending, forwarding of routine studies waits until "
+        "no instance has arrived for this long (0 = forward at once)",
+    )
+    yield_max_seconds: float = Field(
+        default=5.0, ge=0, description="longest such wait of a received instance"
+    )
     max_attempts: int = Field(default=12, ge=1, description="failures before dead-letter")
     backoff_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from telerad.dicom_gateway.errors import SpoolFull, SpoolUnavailable
-from telerad.dicom_gateway.forwarder import backoff_delay
+from telerad.dicom_gateway.forwarder import Forwarder, backoff_delay
 from telerad.dicom_gateway.outbox import (
     COMPLETE,
     CONFIRMED,
@@ -18,10 +19,13 @@ from telerad.dicom_gateway.outbox import (
     RECEIVING,
     ROUTINE,
     STAT,
+    URGENT,
     Outbox,
     Received,
 )
 from telerad.dicom_gateway.scp import STORE_STATUS, CallingAePolicy, status_for
+from telerad.dicom_gateway.spool import Spool
+from telerad.settings import GatewaySettings
 from telerad.storage import InvalidInstance
 
 
@@ -199,3 +203,33 @@ def test_retention_purges_only_complete_studies_and_blocks_resend(tmp_path: Path
                            posted_at=4000)  # fmt: skip
     assert _states(outbox) == {"1": DEAD}  # cannot be re-sent from a purged spool
     outbox.close()
+
+
+def test_routine_forwarding_yields_to_modalities_while_they_send(
+    outbox: Outbox, tmp_path: Path
+) -> None:
+    """No batch until the modalities have been quiet for ``yield_seconds``, and never longer
+    than ``yield_max_seconds`` after the oldest waiting instance arrived."""
+    settings = GatewaySettings(yield_seconds=0.3, yield_max_seconds=5.0)
+    # The forwarder's yield reads the outbox only: no centre is needed for it.
+    forwarder = Forwarder(outbox, Spool(tmp_path, min_free_bytes=0), cast(Any, None), settings,
+                          wire="none")  # fmt: skip
+    assert forwarder.yield_seconds(now=100.0) == 0.0  # nothing waits
+    outbox.record(_item("1"), now=100.0)
+    assert forwarder.yield_seconds(now=100.1) == pytest.approx(0.2)
+    assert forwarder.yield_seconds(now=100.3) == 0.0  # quiet long enough
+    for tick in range(1, 60):  # a modality sending one instance every 0.1 s, until 105.9
+        outbox.record(_item(f"2{tick}"), now=100.0 + tick / 10)
+    assert forwarder.yield_seconds(now=103.0) == pytest.approx(2.0)  # bounded by 100 + 5
+    assert forwarder.yield_seconds(now=105.0) == 0.0  # the oldest has waited 5 s: go
+    # what was claimed and is being sent no longer holds forwarding back
+    while outbox.claim_batch(10_000, now=105.0):
+        pass
+    outbox.record(_item("3"), now=106.0)
+    assert forwarder.yield_seconds(now=106.1) == pytest.approx(0.2)
+    outbox.record(_item("9", "1.2.9", URGENT), now=106.1)  # an urgent study never waits
+    assert forwarder.yield_seconds(now=106.2) == 0.0
+    off = Forwarder(outbox, forwarder.spool, cast(Any, None),
+                    GatewaySettings(yield_seconds=0), wire="none")  # fmt: skip
+    outbox.release([i.id for i in outbox.claim_batch(10_000, now=106.2)])  # urgent back
+    assert off.yield_seconds(now=106.2) == 0.0

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
+import pydicom
 import pytest
-from pynetdicom import association, transport
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, association, evt, transport
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from telerad.demo import ct_study_bytes
 from telerad.dicom_gateway import reactor
 from telerad.dicom_gateway.reactor import (
     CheapCopyContexts,
     install_bulk_recv,
     install_responsive_reactor,
 )
-from telerad.dicom_gateway.scp import CallingAePolicy, build_ae
+from telerad.dicom_gateway.scp import (
+    CallingAePolicy,
+    FastAssociationServer,
+    build_ae,
+    handle_connection_open,
+)
 from telerad.settings import DicomSettings
 
 
@@ -193,3 +208,121 @@ def test_bulk_recv_returns_what_came_before_the_peer_closed_and_times_out_as_bef
         assert _pdu_reader(ours).recv(10) == bytearray()
     finally:
         ours.close()
+
+
+# --- fix 5: C-STORE served by the DUL thread ---------------------------------------------------
+
+
+class _Served:
+    """What the SCP's handlers saw: per request, the kind of thread that served it."""
+
+    def __init__(self) -> None:
+        self.threads: list[tuple[str, str]] = []
+        self.echo_started = threading.Event()
+        self.echo_may_answer = threading.Event()
+        self.echo_may_answer.set()
+
+    def store(self, event: evt.Event) -> int:
+        self.threads.append(("store", type(threading.current_thread()).__name__))
+        return 0x0000
+
+    def echo(self, event: evt.Event) -> int:
+        self.threads.append(("echo", type(threading.current_thread()).__name__))
+        self.echo_started.set()
+        assert self.echo_may_answer.wait(30)
+        return 0x0000
+
+
+@contextlib.contextmanager
+def _scp(served: _Served) -> Iterator[int]:
+    """The gateway's association server, its connection handler included, with recording
+    handlers for C-STORE and C-ECHO; yields its port."""
+    ae = build_ae(DicomSettings(), CallingAePolicy(accept_any=True))
+    server = ae.make_server(
+        ("127.0.0.1", 0),
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, handle_connection_open),
+            (evt.EVT_C_STORE, served.store),
+            (evt.EVT_C_ECHO, served.echo),
+        ],
+        server_class=FastAssociationServer,
+    )
+    ae._servers.append(server)  # as start_scp does: shutdown() removes it
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+
+
+def _ct_dataset() -> Dataset:
+    ds = pydicom.dcmread(io.BytesIO(ct_study_bytes(1, rows=16, columns=16)[0]))
+    return ds
+
+
+def _requestor(port: int) -> Association:
+    scu = AE(ae_title="CT1")
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="TELERAD")
+    assert assoc.is_established
+    return assoc
+
+
+def test_c_store_is_served_by_the_dul_thread_and_other_requests_by_the_reactor() -> None:
+    served = _Served()
+    with _scp(served) as port:
+        assoc = _requestor(port)
+        try:
+            stored = assoc.send_c_store(_ct_dataset())
+            echoed = assoc.send_c_echo()
+        finally:
+            assoc.release()
+    assert stored.Status == 0x0000 and echoed.Status == 0x0000
+    assert served.threads == [("store", "DULServiceProvider"), ("echo", "Association")]
+
+
+def test_c_store_waits_its_turn_while_the_reactor_serves_another_request() -> None:
+    """A C-STORE that arrives while the reactor thread still serves a request (a peer that does
+    not wait for the response) goes the standard way, after it: answers keep their order."""
+    served = _Served()
+    served.echo_may_answer.clear()
+    with _scp(served) as port:
+        assoc = _requestor(port)
+        # Hold the requestor's own reactor, as pynetdicom's send_*() do, so that the answers
+        # stay in its queue for this test to read.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        try:
+            echo_context = _context_id(assoc, Verification)
+            store_context = _context_id(assoc, CTImageStorage)
+            echo = C_ECHO()
+            echo.MessageID = 1
+            echo.AffectedSOPClassUID = Verification
+            assoc.dimse.send_msg(echo, echo_context)
+            assert served.echo_started.wait(30)
+            dataset = _ct_dataset()
+            store = C_STORE()
+            store.MessageID = 2
+            store.AffectedSOPClassUID = CTImageStorage
+            store.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+            store.Priority = 0x0002
+            store.DataSet = io.BytesIO(encode(dataset, False, True))
+            assoc.dimse.send_msg(store, store_context)
+            time.sleep(0.3)  # the C-STORE has arrived; the echo is still being served
+            assert served.threads == [("echo", "Association")]
+            served.echo_may_answer.set()
+            answers = [assoc.dimse.get_msg(block=True) for _ in range(2)]
+        finally:
+            assoc._reactor_checkpoint.set()
+            assoc.release()
+    assert [type(message).__name__ for _, message in answers] == ["C_ECHO", "C_STORE"]
+    assert [message.Status for _, message in answers] == [0x0000, 0x0000]
+    assert served.threads == [("echo", "Association"), ("store", "Association")]
+
+
+def _context_id(assoc: Association, sop_class: str) -> int:
+    [context] = [c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class]
+    return int(context.context_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from telerad.demo import ct_study_bytes
-from telerad.dicom_gateway import Gateway, SpoolFull
+from telerad.dicom_gateway import Gateway, SpoolFull, SpoolUnavailable
 from telerad.dicom_gateway.spool import PARTIAL, WIRE_SUFFIX, Spool
 from tests.dicom_gateway.conftest import free_port, gateway_settings
 
@@ -80,3 +80,42 @@ def _request(data: bytes):
 
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     return StoreRequest("CT1", str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+
+
+def test_begun_write_is_synced_apart_and_kept_or_discarded_whole(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, min_free_bytes=0)
+    kept = spool.begin(b"k" * 5000)
+    dropped = spool.begin(b"d" * 5000)
+    partials = sorted(p.name for p in spool.root.glob(f"*/*{PARTIAL}"))
+    assert len(partials) == 2  # written under temporary names until settled
+    relative = kept.finish()
+    dropped.discard()
+    dropped.discard()  # idempotent
+    kept.discard()  # a no-op once finished: the file stays
+    assert spool.read(relative) == b"k" * 5000
+    assert [f"{p.parent.name}/{p.name}" for p in spool.root.glob("*/*")] == [relative]
+    with pytest.raises(RuntimeError):
+        kept.finish()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(errno.ENOSPC, SpoolFull), (errno.EIO, SpoolUnavailable)]
+)
+def test_failed_fsync_on_the_spool_thread_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
+) -> None:
+    # A disk that fails its flush cannot be produced on demand: the failure is injected into
+    # the fsync the spool thread runs, to check how it reaches the caller and what is left.
+    spool = Spool(tmp_path, min_free_bytes=0)
+    real_fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.path.isfile(f"/proc/self/fd/{fd}"):  # the file's fsync, not the directory's
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    pending = spool.begin(b"x" * 100)
+    with pytest.raises(error):
+        pending.finish()
+    assert not list(spool.root.glob("*/*"))

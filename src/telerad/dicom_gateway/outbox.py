@@ -297,6 +297,17 @@ class Outbox:
             )
             return batch
 
+    def receiving(self) -> tuple[float, float, int] | None:
+        """Of the instances waiting for their first send: the last time their studies received
+        an instance, the oldest one's arrival, and the highest study priority; ``None`` when
+        nothing waits."""
+        row = self._read(
+            "SELECT max(s.last_received_at), min(i.received_at), max(s.priority)"
+            " FROM instances i JOIN studies s USING (study_uid)"
+            " WHERE i.state = 'pending' AND i.attempts = 0"
+        )[0]
+        return None if row[0] is None else (float(row[0]), float(row[1]), int(row[2]))
+
     def set_wire(self, item_id: int, wire_path: str | None, wire_sha256: str, size: int) -> None:
         """Record the form sent on the wire (a lossless transcoding, or the original)."""
         with self._write() as db:

@@ -34,17 +34,30 @@
    returns (the bytes read, fewer when the peer closes) and raises (timeouts, ``OSError``) is
    unchanged, for plain and TLS sockets.
 
-All four rely on pynetdicom internals (checked on 3.0): the reactors' ``time`` module
+5. **C-STORE without a thread hand-off.** A complete DIMSE message is decoded by the DUL thread,
+   queued, picked up by the association's reactor thread, served there, and its response queued
+   back to the DUL thread to be sent: two hand-offs between threads that wait on each other,
+   per C-STORE, on top of the handler's own work. :func:`serve_stores_inline` makes the DUL
+   thread of an acceptor association serve a C-STORE request itself, as soon as it is decoded,
+   through pynetdicom's own Storage service class (same event, same handler, same response and
+   status checks), much as pynetdicom already serves N-EVENT-REPORT requests outside the
+   reactor. The response is queued to the same DUL thread, which sends it on its next pass.
+   Anything else (C-ECHO, C-FIND, N-ACTION, responses to our own requests) and any C-STORE that
+   arrives while the reactor thread is serving another request, or that the standard path
+   would refuse (unknown context, release under way), goes the standard way.
+
+All five rely on pynetdicom internals (checked on 3.0): the reactors' ``time`` module
 references, ``DIMSEServiceProvider.msg_queue`` and ``DULServiceProvider.to_provider_queue``
-(:class:`queue.Queue`), ``AssociationSocket.socket`` and ``.recv``, and
-``PresentationContext``'s attributes. If those change, the fallbacks are pynetdicom's own
-behaviour, never an error.
+(:class:`queue.Queue`), ``AssociationSocket.socket`` and ``.recv``,
+``Association._serve_request`` and ``._accepted_cx``, and ``PresentationContext``'s
+attributes. If those change, the fallbacks are pynetdicom's own behaviour, never an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import queue
 import select
 import socket
@@ -54,8 +67,14 @@ import time
 import weakref
 from typing import Any, cast
 
+from pydicom.uid import UID
 from pynetdicom import association, dul, transport
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+logger = logging.getLogger(__name__)
 
 #: The sleep pynetdicom's acceptor reactor takes between polls of its DIMSE queue.
 REACTOR_SLEEP_SECONDS = 0.001
@@ -223,3 +242,68 @@ def install_bulk_recv() -> None:
     with _install_lock:
         if getattr(transport.AssociationSocket, "recv", None) is not _recv_whole:
             transport.AssociationSocket.recv = _recv_whole  # type: ignore[method-assign]
+
+
+class _InlineStoreQueue(queue.Queue[Any]):
+    """An acceptor association's DIMSE message queue whose ``put`` — called by the DUL thread
+    with each complete message — serves a C-STORE request there and then (fix 5)."""
+
+    assoc: association.Association
+    #: Held while the reactor thread serves a request, and while a C-STORE is served inline.
+    serving: threading.Lock
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if not self._serve_inline(item):
+            super().put(item, block, timeout)
+
+    def _serve_inline(self, item: Any) -> bool:
+        try:
+            context_id, request = item
+        except (TypeError, ValueError):
+            return False
+        if not isinstance(request, C_STORE) or not request.is_valid_request:
+            return False
+        assoc = self.assoc
+        context = assoc._accepted_cx.get(context_id)
+        if context is None or assoc._sent_release or not assoc.is_established:
+            return False  # the reactor refuses it the standard way (abort, warning)
+        sop_class = cast(UID, request.AffectedSOPClassUID)
+        extended = assoc.acceptor.accepted_common_extended.get(sop_class)
+        service = uid_to_service_class(extended[0] if extended else sop_class)
+        if not issubclass(service, StorageServiceClass):
+            return False
+        if self.queue or not self.serving.acquire(blocking=False):
+            return False  # keep the order: another request is queued or being served
+        try:
+            assoc.dimse.cancel_req = {}
+            service(assoc).SCP(request, context)
+        except Exception:  # as _serve_request: log, abort — from a thread of its own, since
+            # Association.abort() waits for this DUL thread to end
+            logger.exception("C-STORE service failed; aborting the association")
+            threading.Thread(target=assoc.abort, name="abort", daemon=True).start()
+        finally:
+            self.serving.release()
+        return True
+
+
+def serve_stores_inline(assoc: association.Association) -> None:
+    """Make ``assoc``'s DUL thread serve C-STORE requests itself (fix 5). Call before the
+    association starts (``EVT_CONN_OPEN``); a no-op for requestors or changed internals."""
+    dimse = getattr(assoc, "dimse", None)
+    messages = getattr(dimse, "msg_queue", None)
+    serve = getattr(assoc, "_serve_request", None)
+    if not assoc.is_acceptor or type(messages) is not queue.Queue or serve is None:
+        return
+    if not hasattr(assoc, "_accepted_cx") or not hasattr(assoc, "_sent_release"):
+        return
+    serving = threading.Lock()
+
+    def serve_request(*args: Any, **kwargs: Any) -> None:  # the reactor's, under the lock
+        with serving:
+            serve(*args, **kwargs)
+
+    assoc._serve_request = serve_request  # type: ignore[method-assign]
+    messages.__class__ = _InlineStoreQueue
+    inline = cast(_InlineStoreQueue, messages)
+    inline.assoc = assoc
+    inline.serving = serving

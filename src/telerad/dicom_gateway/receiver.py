@@ -2,7 +2,9 @@
 
 This is the domain call behind the C-STORE handler. The checks are the centre's own
 (:func:`telerad.storage.check_instance`), so the gateway never acknowledges an instance the
-centre would refuse; pixel data is never decoded.
+centre would refuse; pixel data is never decoded. The spool writes and syncs the file while the
+instance is checked and hashed (:meth:`Spool.begin`); a refused instance's partial file is
+removed before the handler answers.
 """
 
 from __future__ import annotations
@@ -49,16 +51,25 @@ class Receiver:
         SpoolFull, SpoolUnavailable
             Nothing was written.
         """
-        header = check_instance(data)
-        if (header.sop_class_uid, header.sop_instance_uid) != (
-            request.sop_class_uid,
-            request.sop_instance_uid,
-        ):
-            raise RequestMismatch("the data set's SOP Class/Instance UID differ from the request")
-        sha256 = hashlib.sha256(data).hexdigest()
-        if self.outbox.known_sha256(header.sop_instance_uid, sha256):
-            return False
-        relative = self.spool.write(data)
+        pending = self.spool.begin(data)  # the disk syncs it while we check it
+        try:
+            # hashing first: it releases the GIL, so the spool thread can start the fsync
+            sha256 = hashlib.sha256(data).hexdigest()
+            header = check_instance(data)
+            if (header.sop_class_uid, header.sop_instance_uid) != (
+                request.sop_class_uid,
+                request.sop_instance_uid,
+            ):
+                raise RequestMismatch(
+                    "the data set's SOP Class/Instance UID differ from the request"
+                )
+            if self.outbox.known_sha256(header.sop_instance_uid, sha256):
+                pending.discard()
+                return False
+            relative = pending.finish()
+        except BaseException:
+            pending.discard()
+            raise
         return self._record(relative, data, header, sha256, request)
 
     def reindex(self, relative: str) -> bool:

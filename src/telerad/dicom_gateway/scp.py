@@ -36,6 +36,7 @@ from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
+    _config,
     evt,
 )
 from pynetdicom.dimse_primitives import C_STORE, N_ACTION
@@ -69,6 +70,7 @@ from telerad.dicom_gateway.reactor import (
     install_bulk_recv,
     install_responsive_dul,
     install_responsive_reactor,
+    serve_stores_inline,
 )
 from telerad.dicom_gateway.receiver import Receiver, StoreRequest
 from telerad.settings import DicomSettings
@@ -137,9 +139,22 @@ def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, syntax: st
 DUL_POLL_SECONDS = 0.0002
 
 
+def quiet_pynetdicom() -> None:
+    """pynetdicom logs warnings and errors only: its INFO is a line per DIMSE message.
+
+    Its "standard" event handlers, bound to every association, then only format messages
+    nobody logs (and copy each received data set to say whether it is present), so they are
+    not bound (``LOG_HANDLER_LEVEL = "none"``); call before the AE is built.
+    """
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
 def handle_connection_open(event: evt.Event) -> None:
-    """Shorten the new association's DUL polling delay (:data:`DUL_POLL_SECONDS`)."""
+    """Shorten the new association's DUL polling delay (:data:`DUL_POLL_SECONDS`) and let its
+    DUL thread serve C-STORE requests itself (:func:`.reactor.serve_stores_inline`)."""
     event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+    serve_stores_inline(event.assoc)
 
 
 def handle_echo(event: evt.Event) -> int:

@@ -26,7 +26,7 @@ from telerad.dicom_gateway.commitment import Committer
 from telerad.dicom_gateway.outbox import Outbox
 from telerad.dicom_gateway.qr import build_query_retrieve
 from telerad.dicom_gateway.receiver import Receiver
-from telerad.dicom_gateway.scp import CallingAePolicy, start_scp
+from telerad.dicom_gateway.scp import CallingAePolicy, quiet_pynetdicom, start_scp
 from telerad.dicom_gateway.site import Address, SiteConfig
 from telerad.dicom_gateway.spool import Spool
 from telerad.settings import Settings
@@ -83,7 +83,7 @@ def run_worker(options: dict[str, Any], index: int, centre: tuple[str, str] | No
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(levelname)s scp-{index} %(name)s: %(message)s"
     )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    quiet_pynetdicom()
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     settings = Settings(**options)
     directory = settings.gateway_path
