@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,21 +102,39 @@ def test_begun_write_is_synced_apart_and_kept_or_discarded_whole(tmp_path: Path)
 @pytest.mark.parametrize(
     ("code", "error"), [(errno.ENOSPC, SpoolFull), (errno.EIO, SpoolUnavailable)]
 )
-def test_failed_fsync_on_the_spool_thread_leaves_nothing(
+def test_failed_write_on_the_spool_thread_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
 ) -> None:
     # A disk that fails its flush cannot be produced on demand: the failure is injected into
-    # the fsync the spool thread runs, to check how it reaches the caller and what is left.
+    # the synchronous write the spool thread runs, to check how it reaches the caller and
+    # what is left.
     spool = Spool(tmp_path, min_free_bytes=0)
-    real_fsync = os.fsync
+    writers: list[str] = []
 
-    def failing(fd: int) -> None:
-        if os.path.isfile(f"/proc/self/fd/{fd}"):  # the file's fsync, not the directory's
-            raise OSError(code, os.strerror(code))
-        real_fsync(fd)
+    def failing(fd: int, data: object) -> int:
+        writers.append(threading.current_thread().name)
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "fsync", failing)
+    monkeypatch.setattr(os, "write", failing)
     pending = spool.begin(b"x" * 100)
     with pytest.raises(error):
         pending.finish()
     assert not list(spool.root.glob("*/*"))
+    assert writers and writers[0].startswith("spool")  # written apart from the caller
+
+
+def test_spool_files_are_opened_for_synchronous_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is on disk when its write returns: opened O_DSYNC (no separate fsync)."""
+    spool = Spool(tmp_path, min_free_bytes=0)
+    flags: list[int] = []
+    real_open = os.open
+
+    def recording(path: object, flag: int, *args: object, **kwargs: object) -> int:
+        flags.append(flag)
+        return real_open(path, flag, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording)
+    spool.write(b"y" * 100)
+    assert any(flag & os.O_DSYNC and flag & os.O_EXCL for flag in flags)

@@ -46,7 +46,17 @@
    arrives while the reactor thread is serving another request, or that the standard path
    would refuse (unknown context, release under way), goes the standard way.
 
-All five rely on pynetdicom internals (checked on 3.0): the reactors' ``time`` module
+6. **Idle associations.** Both reactors still poll every millisecond for what does not wake
+   them: the acceptor reactor for the peer's A-RELEASE or A-ABORT, which the DUL thread queues
+   on its ``to_user_queue``. Four idle associations cost the SCP process a fifth of a core,
+   taken from the associations that are busy. :func:`wake_reactor_on_acse` makes that queue
+   notify the reactor's wait, so that the reactor waits :data:`IDLE_WAIT_SECONDS` between
+   polls; the DUL thread, woken by its socket and its outgoing queue (fix 3), polls as
+   seldom (``_run_loop_delay``, set by the SCP). What is left on a timer: ARTIM and idle
+   timeouts (seconds) and the end of the DUL thread after the association has ended, which
+   the peer no longer waits for.
+
+All six rely on pynetdicom internals (checked on 3.0): the reactors' ``time`` module
 references, ``DIMSEServiceProvider.msg_queue`` and ``DULServiceProvider.to_provider_queue``
 (:class:`queue.Queue`), ``AssociationSocket.socket`` and ``.recv``,
 ``Association._serve_request`` and ``._accepted_cx``, and ``PresentationContext``'s
@@ -78,6 +88,9 @@ logger = logging.getLogger(__name__)
 
 #: The sleep pynetdicom's acceptor reactor takes between polls of its DIMSE queue.
 REACTOR_SLEEP_SECONDS = 0.001
+#: How long an idle acceptor reactor, or an idle DUL thread, waits between polls once every
+#: event it waits for wakes it (fix 6).
+IDLE_WAIT_SECONDS = 0.02
 
 _install_lock = threading.Lock()
 #: Per DUL thread: its :class:`_Wakeup`.
@@ -101,9 +114,14 @@ class _ReactorClock(_TimeModule):
         if messages is None:
             time.sleep(seconds)
             return
+        acse = getattr(getattr(threading.current_thread(), "dul", None), "to_user_queue", None)
         with messages.not_empty:
-            if not messages.queue:  # the deque; qsize() would take the held mutex again
-                messages.not_empty.wait(seconds)
+            if messages.queue:  # the deque; qsize() would take the held mutex again
+                return
+            # Checked under the lock the ACSE queue notifies under (fix 6): a primitive queued
+            # after this check wakes the wait. One still queued keeps the 1 ms poll.
+            idle = isinstance(acse, _NotifyingUserQueue) and not acse.queue
+            messages.not_empty.wait(IDLE_WAIT_SECONDS if idle else seconds)
 
 
 def _acceptor_queue() -> queue.Queue[Any] | None:
@@ -307,3 +325,28 @@ def serve_stores_inline(assoc: association.Association) -> None:
     inline = cast(_InlineStoreQueue, messages)
     inline.assoc = assoc
     inline.serving = serving
+
+
+class _NotifyingUserQueue(queue.Queue[Any]):
+    """A DUL's ``to_user_queue`` (A-RELEASE, A-ABORT, A-P-ABORT for the reactor) that wakes
+    the acceptor reactor's wait on its DIMSE message queue after every put (fix 6)."""
+
+    messages: queue.Queue[Any]
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        with self.messages.not_empty:
+            self.messages.not_empty.notify_all()
+
+
+def wake_reactor_on_acse(assoc: association.Association) -> None:
+    """Make ``assoc``'s ACSE primitives wake its reactor (fix 6). Call before the association
+    starts (``EVT_CONN_OPEN``); a no-op for requestors or changed internals."""
+    user = getattr(getattr(assoc, "dul", None), "to_user_queue", None)
+    messages = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    if not assoc.is_acceptor or type(user) is not queue.Queue:
+        return
+    if not isinstance(messages, queue.Queue):
+        return
+    user.__class__ = _NotifyingUserQueue
+    cast(_NotifyingUserQueue, user).messages = messages

@@ -66,11 +66,13 @@ from telerad.dicom_gateway.errors import (
 from telerad.dicom_gateway.outbox import ROUTINE, URGENT
 from telerad.dicom_gateway.qr import QueryRetrieve, handle_find, handle_get, handle_move
 from telerad.dicom_gateway.reactor import (
+    IDLE_WAIT_SECONDS,
     CheapCopyContexts,
     install_bulk_recv,
     install_responsive_dul,
     install_responsive_reactor,
     serve_stores_inline,
+    wake_reactor_on_acse,
 )
 from telerad.dicom_gateway.receiver import Receiver, StoreRequest
 from telerad.settings import DicomSettings
@@ -133,10 +135,10 @@ def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, syntax: st
     return b"\0" * 128 + b"DICM" + length + group + dataset
 
 
-#: pynetdicom's DUL reactor sleeps this long whenever a poll finds nothing (1 ms by default);
-#: every PDU of a C-STORE waits for it, which costs ~15 % of single-association throughput.
-#: An idle association then polls 5000 times a second instead of 1000: a few % of a core.
-DUL_POLL_SECONDS = 0.0002
+#: How long an idle association's DUL thread waits between polls (pynetdicom: 1 ms). It wakes at
+#: once on data from the peer and on a primitive to send (reactor fixes 3 and 6), so this only
+#: paces its timer checks; polling every millisecond cost ~5 % of a core per idle association.
+DUL_POLL_SECONDS = IDLE_WAIT_SECONDS
 
 
 def quiet_pynetdicom() -> None:
@@ -151,10 +153,12 @@ def quiet_pynetdicom() -> None:
 
 
 def handle_connection_open(event: evt.Event) -> None:
-    """Shorten the new association's DUL polling delay (:data:`DUL_POLL_SECONDS`) and let its
-    DUL thread serve C-STORE requests itself (:func:`.reactor.serve_stores_inline`)."""
+    """Set the new association's DUL polling delay (:data:`DUL_POLL_SECONDS`), let its DUL
+    thread serve C-STORE requests itself (:func:`.reactor.serve_stores_inline`) and its ACSE
+    primitives wake its reactor (:func:`.reactor.wake_reactor_on_acse`)."""
     event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
     serve_stores_inline(event.assoc)
+    wake_reactor_on_acse(event.assoc)
 
 
 def handle_echo(event: evt.Event) -> int:
