@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pydicom
 import pytest
@@ -23,7 +24,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from pynetdicom.transport import ThreadedAssociationServer
 
 from telerad.demo import ct_study_bytes
-from telerad.dicom_gateway import reactor
+from telerad.dicom_gateway import reactor, scp
 from telerad.dicom_gateway.reactor import (
     CheapCopyContexts,
     install_bulk_recv,
@@ -326,3 +327,65 @@ def test_c_store_waits_its_turn_while_the_reactor_serves_another_request() -> No
 def _context_id(assoc: Association, sop_class: str) -> int:
     [context] = [c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class]
     return int(context.context_id)
+
+
+# --- fix 6: idle associations wait for events --------------------------------------------------
+
+
+def test_idle_association_polls_seldom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open association with nothing to do: its reactor and DUL thread each wake a few
+    dozen times a second (IDLE_WAIT_SECONDS), not a thousand (pynetdicom's 1 ms poll)."""
+    waits: list[float] = []
+    real_sleep = reactor._ReactorClock.sleep
+    real_wait = reactor._wait_for_traffic
+
+    def counting_sleep(seconds: float) -> None:
+        thread = threading.current_thread()
+        if isinstance(thread, Association) and thread.is_acceptor:
+            waits.append(seconds)
+        real_sleep(seconds)
+
+    dul_waits: list[float] = []
+
+    def counting_wait(provider: Any, seconds: float) -> None:
+        if provider.assoc.is_acceptor:
+            dul_waits.append(seconds)
+        real_wait(provider, seconds)
+
+    monkeypatch.setattr(reactor._ReactorClock, "sleep", staticmethod(counting_sleep))
+    monkeypatch.setattr(reactor, "_wait_for_traffic", counting_wait)
+    served = _Served()
+    with _scp(served) as port:
+        assoc = _requestor(port)
+        try:
+            time.sleep(0.2)
+            waits.clear()
+            dul_waits.clear()
+            time.sleep(1.0)
+            reactor_wakes, dul_wakes = len(waits), len(dul_waits)
+        finally:
+            assoc.release()
+    # One second idle: 1000 passes each at a 1 ms poll, ~50 at 20 ms (the requestor's
+    # threads, pynetdicom's own, are in this process too: only the acceptor's are counted).
+    assert 0 < reactor_wakes < 150
+    assert 0 < dul_wakes < 150
+
+
+def test_peer_release_wakes_a_reactor_that_would_wait_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With both idle waits stretched to 60 s, A-RELEASE and C-ECHO are still answered at
+    once: the reactor is woken by the DUL's ACSE queue, the DUL by its socket."""
+    monkeypatch.setattr(reactor, "IDLE_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(scp, "DUL_POLL_SECONDS", 60.0)
+    served = _Served()
+    with _scp(served) as port:
+        assoc = _requestor(port)
+        time.sleep(0.3)  # both threads are in their long waits
+        started = time.monotonic()
+        echoed = assoc.send_c_echo()
+        assoc.release()
+        took = time.monotonic() - started
+    assert echoed.Status == 0x0000
+    assert assoc.is_released
+    assert took < 30
