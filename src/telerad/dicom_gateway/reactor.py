@@ -1,4 +1,4 @@
-"""Four latency fixes for pynetdicom's reactors, kept out of the handlers.
+"""Six latency fixes for pynetdicom's reactors, kept out of the handlers.
 
 1. **Message pickup.** pynetdicom's acceptor reactor (``Association._run_reactor``) sleeps
    1 ms, then polls its DIMSE queue without blocking. Every C-STORE request therefore waits on

@@ -53,7 +53,7 @@ class Receiver:
         """
         pending = self.spool.begin(data)  # the disk syncs it while we check it
         try:
-            # hashing first: it releases the GIL, so the spool thread can start the fsync
+            # hashing first: it releases the GIL, so the spool thread can start its write
             sha256 = hashlib.sha256(data).hexdigest()
             header = check_instance(data)
             if (header.sop_class_uid, header.sop_instance_uid) != (

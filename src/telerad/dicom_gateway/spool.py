@@ -14,9 +14,9 @@ partial file.
 
 The write and its flush run on a spool thread while the caller does other work
 (:meth:`Spool.begin`): the C-STORE handler checks and hashes the instance (about 1 ms of CPU)
-while the file is written and flushed (0.6 to 2 ms here), instead of one after the other. Nothing is
-renamed until the caller has accepted the instance, and a refused one's ``.part`` file is
-removed before the SCP answers.
+while the file is written and flushed (0.6 to 2 ms here), instead of one after the other.
+Nothing is renamed until the caller has accepted the instance, and a refused one's ``.part``
+file is removed before the SCP answers.
 """
 
 from __future__ import annotations
