@@ -222,9 +222,13 @@ class _Served:
         self.echo_started = threading.Event()
         self.echo_may_answer = threading.Event()
         self.echo_may_answer.set()
+        self.datasets: list[Dataset] = []
+        self.providers: set[str] = set()
 
     def store(self, event: evt.Event) -> int:
         self.threads.append(("store", type(threading.current_thread()).__name__))
+        self.datasets.append(event.dataset)
+        self.providers.add(type(event.assoc.dimse).__name__)
         return 0x0000
 
     def echo(self, event: evt.Event) -> int:

@@ -58,6 +58,7 @@ from telerad.dicom_gateway.commitment import (
     Committer,
     parse_commitment_request,
 )
+from telerad.dicom_gateway.dimse_codec import install_fast_dimse
 from telerad.dicom_gateway.errors import (
     RequestMismatch,
     SpoolFull,
@@ -146,17 +147,23 @@ def quiet_pynetdicom() -> None:
 
     Its "standard" event handlers, bound to every association, then only format messages
     nobody logs (and copy each received data set to say whether it is present), so they are
-    not bound (``LOG_HANDLER_LEVEL = "none"``); call before the AE is built.
+    not bound (``LOG_HANDLER_LEVEL = "none"``); nor are C-FIND, C-GET and C-MOVE identifiers
+    decoded and formatted for those INFO lines (``LOG_REQUEST_IDENTIFIERS``,
+    ``LOG_RESPONSE_IDENTIFIERS``). Call before the AE is built.
     """
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def handle_connection_open(event: evt.Event) -> None:
     """Set the new association's DUL polling delay (:data:`DUL_POLL_SECONDS`), let its DUL
     thread serve C-STORE requests itself (:func:`.reactor.serve_stores_inline`) and its ACSE
-    primitives wake its reactor (:func:`.reactor.wake_reactor_on_acse`)."""
+    primitives wake its reactor (:func:`.reactor.wake_reactor_on_acse`), and encode and decode
+    its command sets by hand (:func:`.dimse_codec.install_fast_dimse`)."""
     event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+    install_fast_dimse(event.assoc)
     serve_stores_inline(event.assoc)
     wake_reactor_on_acse(event.assoc)
 
