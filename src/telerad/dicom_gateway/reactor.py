@@ -145,12 +145,16 @@ def install_responsive_reactor() -> None:
 
 class _WakingQueue(queue.Queue[Any]):
     """A DUL's outgoing primitive queue that also writes a byte to its wake-up socket on every
-    put (installed by changing the queue's class, so items already queued stay)."""
+    put (installed by changing the queue's class, so items already queued stay).
+
+    The byte is written once the queue's lock is released: the write lets go of the GIL, and
+    a DUL thread woken by an earlier byte would otherwise block on the lock held by a thread
+    that is itself waiting for the GIL."""
 
     waker: socket.socket
 
-    def _put(self, item: Any) -> None:
-        super()._put(item)
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
         with contextlib.suppress(OSError):  # full (already signalled) or closed (DUL ended)
             self.waker.send(b"\0")
 

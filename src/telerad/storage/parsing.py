@@ -13,10 +13,12 @@ import json
 import logging
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_basic_offsets, parse_fragments
@@ -117,6 +119,23 @@ class InstanceHeader:
     transfer_syntax_uid: str
 
 
+#: The matching keys the catalog keeps (:func:`_catalog_attributes`).
+_CATALOG_KEYWORDS = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
+    "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+    "StudyID", "ReferringPhysicianName", "StudyDescription", "TimezoneOffsetFromUTC",
+    "Modality", "SeriesDescription", "BodyPartExamined",
+    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+)  # fmt: skip
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: The elements :func:`check_instance` reads: the identifying UIDs, the catalog's matching
+#: keys, and Bits Allocated (the Pixel Data VR in Implicit VR, :func:`_pixel_data_header`).
+_CHECKED_TAGS = [
+    int(tag_for_keyword(keyword) or 0)
+    for keyword in (*_REQUIRED_UIDS, *_CATALOG_KEYWORDS, "BitsAllocated")
+]
+
+
 def check_instance(data: bytes) -> InstanceHeader:
     """Apply the ingest path's acceptance checks without building its catalog data.
 
@@ -132,7 +151,7 @@ def check_instance(data: bytes) -> InstanceHeader:
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         stream = io.BytesIO(data)
-        dataset = _read_header(stream)
+        dataset = _read_header(stream, _CHECKED_TAGS)
         uids = _required_uids(dataset)
         _check_complete(data, stream.tell(), dataset)
         _catalog_attributes(dataset, uids["SOPInstanceUID"])
@@ -171,10 +190,14 @@ def _parse(data: bytes) -> ParsedInstance:
     )
 
 
-def _read_header(stream: io.BytesIO) -> Dataset:
-    """Read everything before Pixel Data; refuse data without a File Meta header."""
+def _read_header(stream: io.BytesIO, tags: Sequence[int] | None = None) -> Dataset:
+    """Read everything before Pixel Data; refuse data without a File Meta header.
+
+    With ``tags``, only those elements are kept: pydicom still walks every element header up
+    to Pixel Data (so a header cut short is refused alike) but makes no element of the
+    others, which :func:`check_instance` never reads (0.72 -> 0.46 ms for a CT slice)."""
     try:
-        dataset = pydicom.dcmread(stream, stop_before_pixels=True)
+        dataset = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=tags)
     except InvalidDicomError as exc:
         raise InvalidInstance(f"not a DICOM Part-10 file: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -229,7 +252,7 @@ def _check_items(data: bytes, position: int) -> None:
 def _required_uids(dataset: Dataset) -> dict[str, str]:
     """The four identifying UIDs plus the transfer syntax, each validated (PS3.5 §9.1)."""
     uids: dict[str, str] = {}
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+    for keyword in _REQUIRED_UIDS:
         value = _text(dataset, keyword)
         if not is_valid_uid(value):
             raise InvalidInstance(f"{keyword} missing or not a valid UID: {value[:80]!r}")
@@ -245,15 +268,8 @@ def _required_uids(dataset: Dataset) -> dict[str, str]:
 
 def _catalog_attributes(dataset: Dataset, sop_instance_uid: str) -> dict[str, str]:
     """String values of the matching keys the catalog keeps, decoded with their charset."""
-    keywords = (
-        "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
-        "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
-        "StudyID", "ReferringPhysicianName", "StudyDescription", "TimezoneOffsetFromUTC",
-        "Modality", "SeriesDescription", "BodyPartExamined",
-        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-    )  # fmt: skip
     attributes: dict[str, str] = {}
-    for keyword in keywords:
+    for keyword in _CATALOG_KEYWORDS:
         value = _text(dataset, keyword)
         limit = COLUMN_LIMITS.get(keyword, 128)
         if len(value) > limit:
