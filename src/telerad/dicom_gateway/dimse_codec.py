@@ -43,7 +43,7 @@ from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pynetdicom import _config, evt
-from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dimse_messages import (
     _COMMAND_SET_KEYWORDS,
     _DATASET_KEYWORDS,
@@ -117,11 +117,10 @@ def _value_bytes(vr: str, value: Any) -> bytes:
 
 
 def _message_name(primitive: Any) -> str:
-    from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
-
+    """ "C_STORE_RSP" for a C-STORE response: requests have no Message ID Being Responded To
+    (pynetdicom's rule, ``DIMSEServiceProvider.send_msg``)."""
     is_request = primitive.MessageIDBeingRespondedTo is None
-    cls = (_RQ_TO_MESSAGE if is_request else _RSP_TO_MESSAGE)[primitive.__class__]
-    return cast(str, cls.__name__)
+    return (_RQ_TO_MESSAGE if is_request else _RSP_TO_MESSAGE)[primitive.__class__].__name__
 
 
 def encode_command(primitive: Any) -> tuple[bytes, BytesIO | None]:
@@ -301,14 +300,14 @@ class FastDIMSE(DIMSEServiceProvider):
         self._incoming = None
         values = incoming.values
         cls_name = _MESSAGE_NAMES[values["CommandField"]]
-        primitive = _MSG_TO_PRIMITVE[cls_name[: cls_name.rfind("_R")]]()
+        primitive: Any = _MSG_TO_PRIMITVE[cls_name[: cls_name.rfind("_R")]]()
         try:
             for keyword, value in values.items():
                 if hasattr(primitive, keyword):
                     setattr(primitive, keyword, value)
-            keyword = _DATASET_KEYWORDS.get(cls_name)
-            if keyword is not None:  # an empty BytesIO when none came, as in pynetdicom
-                setattr(primitive, keyword, incoming.data_set)
+            data_set_keyword = _DATASET_KEYWORDS.get(cls_name)
+            if data_set_keyword is not None:  # an empty BytesIO when none came, as in pynetdicom
+                setattr(primitive, data_set_keyword, incoming.data_set)
         except Exception:
             # as pynetdicom: an invalid message aborts the association (Evt19, PS3.8 §9.2)
             logger.exception("received an invalid DIMSE message")

@@ -13,7 +13,6 @@ import json
 import logging
 import struct
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,7 +189,7 @@ def _parse(data: bytes) -> ParsedInstance:
     )
 
 
-def _read_header(stream: io.BytesIO, tags: Sequence[int] | None = None) -> Dataset:
+def _read_header(stream: io.BytesIO, tags: list[int] | None = None) -> Dataset:
     """Read everything before Pixel Data; refuse data without a File Meta header.
 
     With ``tags``, only those elements are kept: pydicom still walks every element header up
