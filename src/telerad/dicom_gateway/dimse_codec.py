@@ -17,10 +17,10 @@ instance; a C-FIND paid the same twice over (pending and final responses).
   (0000,0000) Command Group Length, (0000,0100) Command Field and (0000,0800) Command Data Set
   Type computed as pynetdicom computes them;
 * :func:`decode_command` reads a received command set into ``{keyword: value}`` with the
-  values pydicom would give (``UI``/``AE``/``LO`` and the other strings stripped of padding,
-  ``US``/``UL`` as ints, ``AT`` as tags), which :meth:`FastDIMSE.receive_primitive` copies to
-  the primitive as pynetdicom's ``message_to_primitive`` does, taking the first value where
-  a single-valued attribute arrives with several.
+  values pydicom would give, for what the common messages carry: UIDs (padding removed) and
+  single ``US``/``UL`` numbers. :meth:`FastDIMSE.receive_primitive` copies them to the
+  primitive as pynetdicom's ``message_to_primitive`` does; a command set with anything else
+  (an error comment, an offending element, an AE title) is handed to pynetdicom whole.
 
 Everything else is pynetdicom's: the primitives and their checks, the P-DATA fragmentation
 (PDV size from the peer's maximum PDU length), the DUL, the events. Whenever the fast path
@@ -49,6 +49,7 @@ from pynetdicom.dimse_messages import (
     _DATASET_KEYWORDS,
     _MESSAGE_TYPES,
     _MSG_TO_PRIMITVE,
+    DIMSEMessage,
 )
 from pynetdicom.dimse_primitives import C_CANCEL, N_EVENT_REPORT
 from pynetdicom.pdu_primitives import P_DATA
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 _NO_DATA_SET = 0x0101
 _DATA_SET = 0x0001
-_COMPUTED = ("CommandGroupLength", "CommandField", "CommandDataSetType")
 _GROUP_LENGTH_ELEMENT = struct.pack("<HHI", 0x0000, 0x0000, 4)
 
 #: Message name ("C-STORE-RSP") → its Command Field value (PS3.7 §9.3, §10.3).
@@ -124,8 +124,8 @@ def _message_name(primitive: Any) -> str:
 
 
 def encode_command(primitive: Any) -> tuple[bytes, BytesIO | None]:
-    """The encoded command set of ``primitive`` and the data set to send after it (None when
-    the message has none), exactly as pynetdicom's ``DIMSEMessage.primitive_to_message`` and
+    """The encoded command set of ``primitive`` and the data set to send after it (None or
+    empty when there is none), exactly as pynetdicom's ``DIMSEMessage.primitive_to_message`` and
     ``encode_msg`` produce them.
 
     Raises :class:`_Unsupported` where the fast path could differ from pynetdicom.
@@ -326,12 +326,9 @@ class FastDIMSE(DIMSEServiceProvider):
 
 
 def _fragments(payload: bytes, max_pdu: int) -> list[tuple[bool, bytes]]:
-    """PDV fragments of at most the peer's maximum PDU length less the 6 bytes of the PDV
-    item header and control byte (PS3.8 §9.3.5, Annex E), as pynetdicom splits them."""
-    if max_pdu == 0 or len(payload) <= max_pdu - 6:
-        return [(True, payload)]
-    size = max_pdu - 6
-    chunks = [payload[i : i + size] for i in range(0, len(payload), size)]
+    """``(is last, fragment)`` of a non-empty payload, split by pynetdicom's own splitter
+    (the peer's maximum PDU length less 6 bytes of PDV item header, PS3.8 §9.3.5, Annex E)."""
+    chunks = list(DIMSEMessage._generate_pdv_fragments(payload, max_pdu))
     return [(i == len(chunks) - 1, chunk) for i, chunk in enumerate(chunks)]
 
 
